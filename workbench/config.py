@@ -1,0 +1,163 @@
+"""Typed configuration: which LLM endpoint, STT, TTS, VAD and turn detection to use.
+
+The embedded default needs no file. A YAML file (``--config`` or ``$WORKBENCH_CONFIG``)
+overrides it, and environment variables ``WORKBENCH__SECTION__KEY=value`` override both,
+so CI can switch one knob without writing a file. Secrets are never stored here: an
+endpoint names the *environment variable* that holds its key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENV_PREFIX = "WORKBENCH__"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EndpointConfig(_Model):
+    """An OpenAI-compatible chat endpoint; ``local`` means a llama.cpp server we manage."""
+
+    kind: Literal["local", "openai"] = "local"
+    # local: GGUF alias ("smollm2", "qwen2.5-0.5b") or a path
+    gguf: str = "smollm2"
+    n_ctx: int = 2048
+    n_threads: int = 2
+    # openai: any OpenAI-compatible server (OpenAI, Ollama, vLLM, a remote llama.cpp)
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    # request behaviour
+    temperature: float = 0.0
+    seed: int | None = 0
+    max_tokens: int = 128
+    context_tokens: int | None = None  # prompt budget for this endpoint; None = n_ctx - max_tokens
+    timeout_s: float = 30.0
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, v: str | None) -> str | None:
+        return v.rstrip("/") if v else v
+
+    def api_key(self) -> str:
+        """The key, read from the environment at call time (never stored in configs or results)."""
+        if self.kind == "local":
+            return "local-no-key"
+        if not self.api_key_env:
+            return "no-key"
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise RuntimeError(f"environment variable {self.api_key_env} is not set (API key for {self.base_url})")
+        return key
+
+    def prompt_budget(self) -> int:
+        return self.context_tokens or max(256, self.n_ctx - self.max_tokens)
+
+
+class STTConfig(_Model):
+    kind: Literal["whisper"] = "whisper"
+    model: Literal["tiny.en", "base"] = "tiny.en"
+    language: str = "en"
+    beam_size: int = 1
+    compute_type: str = "int8"
+    threads: int = 2
+
+
+class TTSConfig(_Model):
+    kind: Literal["piper", "espeak"] = "piper"
+    deterministic: bool = True  # noise off: bit-identical audio for reproducible runs
+    espeak_voice: str = "en-us"
+    speed: float = 1.0
+
+
+class VADConfig(_Model):
+    min_speech_duration: float = 0.05
+    min_silence_duration: float = 0.55
+    activation_threshold: float = 0.5
+
+
+class TurnConfig(_Model):
+    """End of turn: ``vad`` (silence after speech, reproducible) or LiveKit's local ``turn_detector``."""
+
+    mode: Literal["vad", "turn_detector"] = "vad"
+    min_endpointing_delay: float = 0.5
+    max_endpointing_delay: float = 3.0
+
+
+class EmbeddingsConfig(_Model):
+    kind: Literal["minilm"] = "minilm"
+    batch_size: int = 32
+
+
+class WorkbenchConfig(_Model):
+    llm: EndpointConfig = Field(default_factory=EndpointConfig)
+    endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
+    stt: STTConfig = Field(default_factory=STTConfig)
+    tts: TTSConfig = Field(default_factory=TTSConfig)
+    vad: VADConfig = Field(default_factory=VADConfig)
+    turn: TurnConfig = Field(default_factory=TurnConfig)
+    embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
+    state_dir: Path = Path(".workbench")  # server logs, indexes
+
+    def endpoint(self, name: str | None = None) -> EndpointConfig:
+        """The named endpoint; ``None`` or ``"default"`` is ``llm``."""
+        if name in (None, "default"):
+            return self.llm
+        if name not in self.endpoints:
+            raise KeyError(f"unknown endpoint {name!r}; configured: default, {', '.join(self.endpoints)}")
+        return self.endpoints[name]
+
+
+def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    for k in keys[:-1]:
+        data = data.setdefault(k, {})
+    data[keys[-1]] = value
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """``WORKBENCH__LLM__BASE_URL=...`` becomes ``{"llm": {"base_url": ...}}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for key, raw in (environ if environ is not None else os.environ).items():
+        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
+            path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
+            _set_path(out, path, yaml.safe_load(raw) if raw else raw)
+    return out
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in extra.items():
+        merged[k] = _deep_merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the field."""
+
+
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> WorkbenchConfig:
+    """Defaults < YAML file < environment. No file needed for the embedded default."""
+    env = environ if environ is not None else dict(os.environ)
+    path = path or env.get("WORKBENCH_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{p}: cannot read config: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: a config must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    data = _deep_merge(data, env_overrides(env))
+    try:
+        return WorkbenchConfig.model_validate(data)
+    except ValueError as e:
+        raise ConfigError(f"{path or 'environment'}: {e}") from e
