@@ -30,6 +30,4 @@ def pcm_to_frames(pcm: np.ndarray, rate: int, frame_ms: int = 10) -> list[rtc.Au
     if pad:
         data = np.concatenate([data, np.zeros(pad, dtype=np.float32)])
     ints = (data * 32767.0).astype(np.int16)
-    return [
-        rtc.AudioFrame(ints[i : i + step].tobytes(), rate, 1, step) for i in range(0, len(ints), step)
-    ]
+    return [rtc.AudioFrame(ints[i : i + step].tobytes(), rate, 1, step) for i in range(0, len(ints), step)]

@@ -48,8 +48,14 @@ class LocalLLMServer:
 
     host = "127.0.0.1"  # never bind beyond loopback
 
-    def __init__(self, endpoint: EndpointConfig, log_dir: Path, port: int | None = None,
-                 start_timeout: float = 60.0, watchdog_interval: float = 0.25) -> None:
+    def __init__(
+        self,
+        endpoint: EndpointConfig,
+        log_dir: Path,
+        port: int | None = None,
+        start_timeout: float = 60.0,
+        watchdog_interval: float = 0.25,
+    ) -> None:
         self.endpoint = endpoint
         self.model_path = resolve_gguf(endpoint.gguf)
         self.model_name = endpoint.model or self.model_path.stem
@@ -108,16 +114,24 @@ class LocalLLMServer:
             logf.write(f"\n=== start {time.strftime('%Y-%m-%d %H:%M:%S')} {self.model_path.name}\n".encode())
             logf.flush()
             env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_API_SECRET"))}
-            self._proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            self._proc = subprocess.Popen(
+                self.command(),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 code = self._proc.returncode if self._proc else None
-                raise RuntimeError(f"LLM server exited with code {code} while starting; log: {self.log_path}\n"
-                                   + self._log_tail())
+                raise RuntimeError(
+                    f"LLM server exited with code {code} while starting; log: {self.log_path}\n"
+                    + self._log_tail()
+                )
             try:
                 if httpx.get(f"{self.base_url}/models", timeout=1.0).status_code == 200:
                     return

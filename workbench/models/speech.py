@@ -14,8 +14,11 @@ def load_vad(config: VADConfig | None = None) -> vad.VAD:
     from livekit.plugins import silero
 
     c = config or VADConfig()
-    return silero.VAD.load(min_speech_duration=c.min_speech_duration, min_silence_duration=c.min_silence_duration,
-                           activation_threshold=c.activation_threshold)
+    return silero.VAD.load(
+        min_speech_duration=c.min_speech_duration,
+        min_silence_duration=c.min_silence_duration,
+        activation_threshold=c.activation_threshold,
+    )
 
 
 def turn_detection(config: TurnConfig | None = None) -> Any:

@@ -69,7 +69,9 @@ class ModelStack:
             key = f"client:{endpoint.name}"
             if key not in self._cache:
                 self._cache[key] = openai.AsyncClient(
-                    base_url=endpoint.base_url, api_key=endpoint.config.api_key(), max_retries=0,
+                    base_url=endpoint.base_url,
+                    api_key=endpoint.config.api_key(),
+                    max_retries=0,
                     http_client=httpx.AsyncClient(
                         timeout=httpx.Timeout(endpoint.config.timeout_s, connect=5.0),
                         limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
@@ -82,8 +84,14 @@ class ModelStack:
         ep = self.endpoint(name)
         c = ep.config
         extra = {"extra_body": {"seed": c.seed}} if c.seed is not None else {}
-        return lk_openai.LLM(model=ep.model, base_url=ep.base_url, api_key=c.api_key(),
-                             temperature=c.temperature, max_completion_tokens=c.max_tokens, **extra)
+        return lk_openai.LLM(
+            model=ep.model,
+            base_url=ep.base_url,
+            api_key=c.api_key(),
+            temperature=c.temperature,
+            max_completion_tokens=c.max_tokens,
+            **extra,
+        )
 
     # -- speech and embeddings (loaded once, shared) -------------------------------
     def _once(self, key: str, factory: Any) -> Any:

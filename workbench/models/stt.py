@@ -29,8 +29,13 @@ class WhisperSTT(stt.STT):
 
         self.config = config or STTConfig()
         self.model_dir = whisper_dir(self.config.model)
-        self._model = WhisperModel(str(self.model_dir), device="cpu", compute_type=self.config.compute_type,
-                                   cpu_threads=self.config.threads, local_files_only=True)
+        self._model = WhisperModel(
+            str(self.model_dir),
+            device="cpu",
+            compute_type=self.config.compute_type,
+            cpu_threads=self.config.threads,
+            local_files_only=True,
+        )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
 
     @property
@@ -54,8 +59,9 @@ class WhisperSTT(stt.STT):
         conf = float(np.mean([np.exp(s.avg_logprob) for s in segs])) if segs else 0.0
         return text, conf
 
-    async def _recognize_impl(self, buffer: AudioBuffer, *, language: NotGivenOr[str] = NOT_GIVEN,
-                              conn_options: APIConnectOptions) -> stt.SpeechEvent:
+    async def _recognize_impl(
+        self, buffer: AudioBuffer, *, language: NotGivenOr[str] = NOT_GIVEN, conn_options: APIConnectOptions
+    ) -> stt.SpeechEvent:
         pcm = frames_to_mono_f32(buffer, 16000)
         text, conf = await asyncio.get_running_loop().run_in_executor(self._executor, self.transcribe, pcm)
         lang = LanguageCode(language if language is not NOT_GIVEN and language else self.config.language)

@@ -27,8 +27,9 @@ class _ThreadedSynth(tts.TTS):
     """Shared shape: a blocking ``pcm_chunks(text)`` generator run off the event loop."""
 
     def __init__(self, sample_rate: int, config: TTSConfig) -> None:
-        super().__init__(capabilities=tts.TTSCapabilities(streaming=False), sample_rate=sample_rate,
-                         num_channels=1)
+        super().__init__(
+            capabilities=tts.TTSCapabilities(streaming=False), sample_rate=sample_rate, num_channels=1
+        )
         self.config = config
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=type(self).__name__)
 
@@ -39,8 +40,9 @@ class _ThreadedSynth(tts.TTS):
         """Blocking whole-utterance synthesis (for dataset recording and tests)."""
         return b"".join(self.pcm_chunks(text))
 
-    def synthesize(self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
-                   ) -> tts.ChunkedStream:
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.ChunkedStream:
         return _ThreadedChunkedStream(tts=self, input_text=text, conn_options=conn_options)
 
     async def aclose(self) -> None:
@@ -50,8 +52,9 @@ class _ThreadedSynth(tts.TTS):
 class _ThreadedChunkedStream(tts.ChunkedStream):
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         synth: _ThreadedSynth = self._tts  # type: ignore[assignment]
-        output_emitter.initialize(request_id=uuid.uuid4().hex, sample_rate=synth.sample_rate,
-                                  num_channels=1, mime_type="audio/pcm")
+        output_emitter.initialize(
+            request_id=uuid.uuid4().hex, sample_rate=synth.sample_rate, num_channels=1, mime_type="audio/pcm"
+        )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue(maxsize=8)
         cancelled = False
@@ -127,8 +130,12 @@ class EspeakTTS(_ThreadedSynth):
 
     def pcm_chunks(self, text: str) -> Iterator[bytes]:
         wpm = str(int(175 * self.config.speed))
-        out = subprocess.run([str(self.binary), "-v", self.config.espeak_voice, "-s", wpm, "--stdout", text],
-                             capture_output=True, check=True, timeout=30).stdout
+        out = subprocess.run(
+            [str(self.binary), "-v", self.config.espeak_voice, "-s", wpm, "--stdout", text],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        ).stdout
         with wave.open(io.BytesIO(out)) as w:
             if w.getframerate() != self.sample_rate:
                 raise RuntimeError(f"espeak-ng produced {w.getframerate()} Hz, expected {self.sample_rate}")
