@@ -50,7 +50,8 @@ def doctor(config: ConfigOpt = None) -> None:
     from workbench.models import ModelStack
     from workbench.models.doctor import doctor as run_doctor
 
-    with console.status("loading models and running one inference each..."), ModelStack(_config(config)) as stack:
+    loading = console.status("loading models and running one inference each...")
+    with loading, ModelStack(_config(config)) as stack:
         checks = run_doctor(stack)
     table = Table(title="DianaChat Workbench doctor")
     for col in ("component", "model", "load", "latency", "status"):
