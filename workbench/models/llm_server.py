@@ -109,6 +109,8 @@ class LocalLLMServer:
     ensure_running = start
 
     def _spawn(self) -> None:
+        if self._proc is not None:  # a previous process died: this is a restart
+            self.restarts += 1
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as logf:
             logf.write(f"\n=== start {time.strftime('%Y-%m-%d %H:%M:%S')} {self.model_path.name}\n".encode())
@@ -155,7 +157,6 @@ class LocalLLMServer:
                         continue
                     code = self._proc.returncode if self._proc else None
                     log.warning("LLM server on port %s died (code %s); restarting", self.port, code)
-                    self.restarts += 1
                     try:
                         self._spawn()
                         self._wait_healthy()
