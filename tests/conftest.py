@@ -52,7 +52,7 @@ def no_server_survives() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - ModelStack
+def stack(tmp_path_factory: pytest.TempPathFactory):
     """One real embedded stack (SmolLM2 server, Whisper, Piper, Silero, MiniLM) for all integration tests."""
     from workbench.config import WorkbenchConfig
     from workbench.models import ModelStack
@@ -98,7 +98,7 @@ def network_guard(monkeypatch: pytest.MonkeyPatch) -> NetworkGuard:
 
     real_getaddrinfo = socket.getaddrinfo
 
-    def getaddrinfo(host, *args, **kwargs):  # noqa: ANN001, ANN202
+    def getaddrinfo(host, *args, **kwargs):
         if host not in (None, "localhost", "127.0.0.1", "::1") and not str(host).startswith("127."):
             guard.attempts.append(str(host))
             raise socket.gaierror(f"network blocked by test guard: {host}")

@@ -27,9 +27,7 @@ console = Console()
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--config", "-c", help="YAML config (default: $WORKBENCH_CONFIG, else the embedded default)."
-    ),
+    typer.Option("--config", "-c", help="YAML config (default: $WORKBENCH_CONFIG, else the embedded default)."),
 ]
 
 
@@ -63,18 +61,14 @@ def doctor(config: ConfigOpt = None) -> None:
     console.print(table)
     bad = [c for c in checks if not c.ok]
     if bad:
-        console.print(
-            f"[red]{len(bad)} component(s) not working:[/red] " + ", ".join(c.component for c in bad)
-        )
+        console.print(f"[red]{len(bad)} component(s) not working:[/red] " + ", ".join(c.component for c in bad))
         raise typer.Exit(1)
 
 
 @serve_app.command("llm")
 def serve_llm(
     config: ConfigOpt = None,
-    endpoint: Annotated[
-        str, typer.Option(help="Endpoint name from the config ('default' is `llm`).")
-    ] = "default",
+    endpoint: Annotated[str, typer.Option(help="Endpoint name from the config ('default' is `llm`).")] = "default",
     port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
 ) -> None:
     """Serve the local GGUF model as an OpenAI-compatible endpoint until Ctrl-C (restarts it if it dies)."""
@@ -83,16 +77,13 @@ def serve_llm(
     cfg = _config(config)
     ep = cfg.endpoint(endpoint)
     if ep.kind != "local":
-        console.print(
-            f"[red]endpoint {endpoint!r} is kind {ep.kind!r}; only 'local' endpoints are served here[/red]"
-        )
+        console.print(f"[red]endpoint {endpoint!r} is kind {ep.kind!r}; only 'local' endpoints are served here[/red]")
         raise typer.Exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     server = LocalLLMServer(ep, log_dir=cfg.state_dir / "logs", port=port)
     info = server.start()
     console.print(
-        f"serving [bold]{info.model}[/bold] at [bold]{info.base_url}[/bold] (pid {info.pid})"
-        f"; log: {info.log_path}"
+        f"serving [bold]{info.model}[/bold] at [bold]{info.base_url}[/bold] (pid {info.pid}); log: {info.log_path}"
     )
     console.print("use it with: base_url=" + info.base_url + f"  model={info.model}  (Ctrl-C to stop)")
     done = threading.Event()

@@ -54,9 +54,7 @@ class EndpointConfig(_Model):
             return "no-key"
         key = os.environ.get(self.api_key_env)
         if not key:
-            raise RuntimeError(
-                f"environment variable {self.api_key_env} is not set (API key for {self.base_url})"
-            )
+            raise RuntimeError(f"environment variable {self.api_key_env} is not set (API key for {self.base_url})")
         return key
 
     def prompt_budget(self) -> int:
@@ -136,9 +134,7 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for k, v in extra.items():
-        merged[k] = (
-            _deep_merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
-        )
+        merged[k] = _deep_merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
     return merged
 
 

@@ -71,5 +71,5 @@ def test_server_dies_with_its_parent(tmp_path) -> None:
     assert psutil.pid_exists(server_pid)
     parent.kill()
     parent.wait()
-    gone, alive = psutil.wait_procs([psutil.Process(server_pid)], timeout=10)
+    _gone, alive = psutil.wait_procs([psutil.Process(server_pid)], timeout=10)
     assert not alive, "server outlived its killed parent"

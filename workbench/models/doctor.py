@@ -83,9 +83,7 @@ async def _check_vad(stack: ModelStack, frames: list) -> Check:
     from livekit.agents import vad
 
     v, load = _timed(stack.vad)
-    pcm = np.concatenate(
-        [np.zeros(8000, np.float32), frames_to_mono_f32(frames, 16000), np.zeros(16000, np.float32)]
-    )
+    pcm = np.concatenate([np.zeros(8000, np.float32), frames_to_mono_f32(frames, 16000), np.zeros(16000, np.float32)])
     stream = v.stream()
     t0 = time.perf_counter()
     for f in pcm_to_frames(pcm, 16000):
@@ -143,9 +141,7 @@ async def run_checks(stack: ModelStack) -> list[Check]:
     try:
         detector, load = _timed(stack.turn_detection)
         name = "vad silence" if detector == "vad" else f"livekit {type(detector).__name__}"
-        checks.append(
-            Check("end of turn", name, load, f"min delay {stack.config.turn.min_endpointing_delay:.2f} s")
-        )
+        checks.append(Check("end of turn", name, load, f"min delay {stack.config.turn.min_endpointing_delay:.2f} s"))
     except Exception as e:
         checks.append(_failed("end of turn", e))
     return checks

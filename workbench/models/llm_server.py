@@ -131,8 +131,7 @@ class LocalLLMServer:
             if self._proc is None or self._proc.poll() is not None:
                 code = self._proc.returncode if self._proc else None
                 raise RuntimeError(
-                    f"LLM server exited with code {code} while starting; log: {self.log_path}\n"
-                    + self._log_tail()
+                    f"LLM server exited with code {code} while starting; log: {self.log_path}\n" + self._log_tail()
                 )
             try:
                 if httpx.get(f"{self.base_url}/models", timeout=1.0).status_code == 200:

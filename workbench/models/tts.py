@@ -27,9 +27,7 @@ class _ThreadedSynth(tts.TTS):
     """Shared shape: a blocking ``pcm_chunks(text)`` generator run off the event loop."""
 
     def __init__(self, sample_rate: int, config: TTSConfig) -> None:
-        super().__init__(
-            capabilities=tts.TTSCapabilities(streaming=False), sample_rate=sample_rate, num_channels=1
-        )
+        super().__init__(capabilities=tts.TTSCapabilities(streaming=False), sample_rate=sample_rate, num_channels=1)
         self.config = config
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=type(self).__name__)
 
