@@ -54,32 +54,35 @@ class _ThreadedChunkedStream(tts.ChunkedStream):
             request_id=uuid.uuid4().hex, sample_rate=synth.sample_rate, num_channels=1, mime_type="audio/pcm"
         )
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=8)
+        queue: asyncio.Queue[object] = asyncio.Queue()  # a reply is a few sentence chunks: small
         cancelled = False
+
+        def post(item: object) -> bool:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+                return True
+            except RuntimeError:  # the loop is gone: nobody is listening any more
+                return False
 
         def produce() -> None:
             try:
                 for chunk in synth.pcm_chunks(self._input_text):
-                    if cancelled:
+                    if cancelled or not post(chunk):
                         return
-                    asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
-            except BaseException as e:  # surfaced on the loop side
-                asyncio.run_coroutine_threadsafe(queue.put(e), loop).result()
+            except Exception as e:  # surfaced on the loop side
+                post(e)
             finally:
-                asyncio.run_coroutine_threadsafe(queue.put(_DONE), loop)
+                post(_DONE)
 
-        fut = loop.run_in_executor(synth._executor, produce)
+        loop.run_in_executor(synth._executor, produce)
         try:
             while (item := await queue.get()) is not _DONE:
-                if isinstance(item, BaseException):
+                if isinstance(item, Exception):
                     raise item
                 output_emitter.push(item)  # type: ignore[arg-type]
             output_emitter.flush()
         finally:
-            cancelled = True
-            while not queue.empty():  # unblock the producer so its thread is freed
-                queue.get_nowait()
-            del fut
+            cancelled = True  # an interrupted reply stops synthesis at the next chunk
 
 
 class PiperTTS(_ThreadedSynth):
