@@ -62,11 +62,20 @@ class ModelStack:
         return ResolvedEndpoint(key, cfg, server.base_url, server.model_name, server)
 
     def http_client(self, endpoint: ResolvedEndpoint) -> Any:
-        """One pooled OpenAI client per endpoint, shared by every LLM built on it."""
+        """One pooled OpenAI client per endpoint and event loop, shared by every LLM built on it.
+
+        Keyed by loop because pooled connections belong to the loop that opened them.
+        """
+        import asyncio
+
         import openai
 
+        try:
+            loop_id = id(asyncio.get_running_loop())
+        except RuntimeError:
+            loop_id = 0
         with self._lock:
-            key = f"client:{endpoint.name}"
+            key = f"client:{endpoint.name}:{loop_id}"
             if key not in self._cache:
                 self._cache[key] = openai.AsyncClient(
                     base_url=endpoint.base_url,
@@ -86,8 +95,7 @@ class ModelStack:
         extra = {"extra_body": {"seed": c.seed}} if c.seed is not None else {}
         return lk_openai.LLM(
             model=ep.model,
-            base_url=ep.base_url,
-            api_key=c.api_key(),
+            client=self.http_client(ep),
             temperature=c.temperature,
             max_completion_tokens=c.max_tokens,
             **extra,
