@@ -1,0 +1,245 @@
+"""``workbench run``: every strategy x mode x voice x conversation x repetition, bounded and resumable.
+
+Rows are appended to the run folder the moment each turn finishes (see :mod:`workbench.replay.store`);
+``resume`` skips finished turns and continues a half-finished conversation from its stored history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from workbench.config import load_config
+from workbench.models import ModelStack
+from workbench.replay.store import RUNS_DIR, RunStore, environment_info, new_run_id, read_rows, resolve_run
+from workbench.replay.suite import Selection, Suite, load_suite
+from workbench.replay.text import history_from_rows, replay_text
+from workbench.strategies import REGISTRY, Strategy, build
+from workbench.strategies.registry import _load_builtins
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One conversation replayed once by one strategy in one mode (and voice variant)."""
+
+    strategy: str
+    mode: str
+    voice: str
+    conversation: Any
+    repetition: int
+
+    def key(self, turn_index: int) -> tuple[Any, ...]:
+        return (self.strategy, self.mode, self.voice, self.conversation.id, turn_index, self.repetition)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    path: Path
+    rows: int
+    skipped: int
+
+    def load(self) -> pd.DataFrame:
+        from workbench.replay.store import load_run
+
+        return load_run(self.path)
+
+
+def select(conversations: list[Any], sel: Selection | None) -> list[Any]:
+    if sel is None:
+        return conversations
+    out = conversations
+    if sel.ids:
+        wanted = set(sel.ids)
+        out = [c for c in out if c.id in wanted]
+    if sel.tags:
+        tags = set(sel.tags)
+        out = [c for c in out if tags & set(c.tags or [])]
+    return out[: sel.limit] if sel.limit else out
+
+
+def _with_knowledge(cfg: dict[str, Any], knowledge: Path) -> dict[str, Any]:
+    """Point retrieval strategies (and their inner/fallback strategies) at the suite's dataset."""
+    _load_builtins()
+    cfg = dict(cfg)
+    cls = REGISTRY.get(cfg.get("kind", ""))
+    if cls is not None and "knowledge" in cls.Config.model_fields and not cfg.get("knowledge"):  # type: ignore[attr-defined]
+        cfg["knowledge"] = str(knowledge)
+    for nested in ("inner", "fallback"):
+        if isinstance(cfg.get(nested), str):
+            cfg[nested] = _with_knowledge({"kind": cfg[nested]}, knowledge)
+        elif isinstance(cfg.get(nested), dict):
+            cfg[nested] = _with_knowledge(cfg[nested], knowledge)
+    return cfg
+
+
+def _jobs(suite: Suite, conversations: list[Any], has_audio: Callable[[Any, str], bool]) -> list[Job]:
+    jobs = []
+    for rep in range(suite.repetitions):
+        for mode in suite.modes:
+            if mode == "text":
+                for conv in select(conversations, suite.conversations):
+                    for name in suite.strategies:
+                        jobs.append(Job(name, "text", "", conv, rep))
+            else:
+                for conv in select(select(conversations, suite.conversations), suite.voice.conversations):
+                    for variant in suite.voice.variants:
+                        if not has_audio(conv, variant):
+                            continue
+                        for name in suite.strategies:
+                            jobs.append(Job(name, "voice", variant, conv, rep))
+    return jobs
+
+
+def run(
+    suite: Suite | str | Path,
+    *,
+    resume: str | Path | None = None,
+    run_id: str | None = None,
+    runs_dir: Path = RUNS_DIR,
+    stack: ModelStack | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Run a suite (or finish an interrupted run with ``resume=RUN_ID``) and return where its rows are."""
+    return asyncio.run(arun(suite, resume=resume, run_id=run_id, runs_dir=runs_dir, stack=stack, progress=progress))
+
+
+async def arun(
+    suite: Suite | str | Path,
+    *,
+    resume: str | Path | None = None,
+    run_id: str | None = None,
+    runs_dir: Path = RUNS_DIR,
+    stack: ModelStack | None = None,
+    progress: bool = True,
+) -> RunResult:
+    from workbench.replay.dataset import load_dataset
+
+    if resume is not None:
+        path = resolve_run(resume, runs_dir)
+        store = RunStore(path)
+        manifest = store.read_manifest()
+        suite = Suite.model_validate(manifest["suite"])
+        run_id = manifest["run_id"]
+    else:
+        suite = suite if isinstance(suite, Suite) else load_suite(suite)
+        run_id = run_id or new_run_id(suite.name)
+        path = Path(runs_dir) / run_id
+        store = RunStore(path)
+    dataset = load_dataset(suite.dataset)
+    own_stack = stack is None
+    stack = stack or ModelStack(load_config(suite.config))
+    if resume is None:
+        store.write_manifest(
+            {
+                "run_id": run_id,
+                "name": suite.name,
+                "status": "running",
+                "created_at": datetime.now(UTC).isoformat(),
+                "dataset": str(Path(suite.dataset).resolve()),
+                "suite": suite.model_dump(mode="json"),
+                "workbench_config": stack.config.model_dump(mode="json"),  # key *names* only, never values
+                **environment_info(),
+            }
+        )
+    else:
+        store.update_manifest(status="running", resumed_at=datetime.now(UTC).isoformat())
+
+    existing = read_rows(path)
+    done_rows: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in existing.to_dict("records"):
+        job_key = (r["strategy"], r["mode"], r["voice"], r["conversation_id"], r["repetition"])
+        done_rows.setdefault(job_key, []).append(r)
+
+    from workbench.replay.voice import has_audio, replay_voice
+
+    jobs = _jobs(suite, dataset.conversations, has_audio)
+    total = sum(len(j.conversation.turns) for j in jobs)
+    skipped = len(existing)
+    strategies: dict[str, Strategy] = {}
+    knowledge = Path(suite.dataset) / "knowledge"
+    for name in suite.strategies:
+        strategies[name] = build(_with_knowledge(suite.strategy_config(name), knowledge), stack)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=min(skipped, total), desc=f"run {run_id}", unit="turn", disable=not progress)
+    written = 0
+
+    def emit_for(job: Job) -> Callable[[dict[str, Any]], None]:
+        def emit(row: dict[str, Any]) -> None:
+            nonlocal written
+            row.update(run_id=run_id, strategy=job.strategy, mode=job.mode, voice=job.voice, repetition=job.repetition)
+            store.append(row)
+            written += 1
+            bar.update(1)
+
+        return emit
+
+    async def do(job: Job, sem: asyncio.Semaphore) -> None:
+        prior = done_rows.get((job.strategy, job.mode, job.voice, job.conversation.id, job.repetition), [])
+        start = len(prior) and (max(r["turn_index"] for r in prior) + 1)
+        if start >= len(job.conversation.turns):
+            return
+        async with sem:
+            history = history_from_rows(prior) if prior else None
+            strategy = strategies[job.strategy]
+            try:
+                if job.mode == "text":
+                    await replay_text(
+                        stack,
+                        strategy,
+                        job.conversation,
+                        emit=emit_for(job),
+                        start_turn=start,
+                        history=history,
+                        instructions=suite.instructions,
+                        turn_timeout_s=suite.turn_timeout_s,
+                    )
+                else:
+                    await replay_voice(
+                        stack,
+                        strategy,
+                        job.conversation,
+                        dataset=dataset,
+                        variant=job.voice,
+                        emit=emit_for(job),
+                        start_turn=start,
+                        history=history,
+                        instructions=suite.instructions,
+                        options=suite.voice,
+                    )
+            except Exception:
+                log.exception("conversation %s (%s, %s) failed", job.conversation.id, job.strategy, job.mode)
+                raise
+
+    try:
+        text_jobs = [j for j in jobs if j.mode == "text"]
+        voice_jobs = [j for j in jobs if j.mode == "voice"]
+        sem = asyncio.Semaphore(max(1, suite.concurrency))
+        await asyncio.gather(*(do(j, sem) for j in text_jobs))
+        if voice_jobs:  # after text: CPU-heavy voice sessions must not distort text latencies (or each other's)
+            vsem = asyncio.Semaphore(max(1, suite.voice.concurrency))
+            await asyncio.gather(*(do(j, vsem) for j in voice_jobs))
+        store.compact()
+        store.update_manifest(status="complete", finished_at=datetime.now(UTC).isoformat(), rows=len(read_rows(path)))
+    except BaseException:
+        store.update_manifest(status="interrupted")
+        raise
+    finally:
+        bar.close()
+        for s in strategies.values():
+            await s.aclose()
+        store.close()
+        if own_stack:
+            stack.close()
+    return RunResult(run_id, path, written, skipped)

@@ -1,0 +1,59 @@
+"""The turn table: one row per strategy x conversation x turn x repetition.
+
+This is the contract between the replay harness (which writes rows), scoring (which adds
+columns) and analysis (which reads them). Times are seconds (float); a figure that was not
+measured is ``NaN``/``None``, never 0. Voice-only columns are empty in text mode; latency
+columns are empty on rows replayed faster than real time (``realtime`` is False).
+"""
+
+from __future__ import annotations
+
+# name -> (pandas dtype, meaning)
+COLUMNS: dict[str, tuple[str, str]] = {
+    # identity
+    "run_id": ("string", "run folder name under runs/"),
+    "strategy": ("string", "strategy name as configured in the suite"),
+    "mode": ("string", "'text' or 'voice'"),
+    "conversation_id": ("string", "conversation id from conversations.jsonl"),
+    "turn_index": ("int64", "0-based turn number inside the conversation"),
+    "repetition": ("int64", "0-based repetition of the whole suite"),
+    "voice": ("string", "voice mode: the recording variant played (e.g. piper, espeak, piper-8k); text: ''"),
+    "tags": ("object", "list[str] conversation tags"),
+    "started_at": ("string", "ISO-8601 UTC time the turn started"),
+    # the dataset's side
+    "user_text": ("string", "what the caller said (dataset text)"),
+    "reference": ("string", "reference answer"),
+    "reference_contexts": ("object", "list[str] documents that hold the answer (paths relative to the dataset)"),
+    "facts": ("object", "list[str] must-mention facts"),
+    # the agent's side
+    "answer": ("string", "the agent's full reply text"),
+    "contexts": ("object", "list[str] retrieved passage texts (empty for strategies without retrieval)"),
+    "context_sources": ("object", "list[str] retrieved passage sources (paths relative to the dataset)"),
+    "context_scores": ("object", "list[float] retrieval scores"),
+    "llm_ttfc_s": ("float64", "LLM time to first chunk, from the request to the first text delta"),
+    "llm_total_s": ("float64", "LLM time from the request to the end of the stream"),
+    "prompt_tokens": ("float64", "prompt tokens (endpoint usage when reported, else counted locally)"),
+    "completion_tokens": ("float64", "completion tokens (same sources)"),
+    "tokens_source": ("string", "'usage' or 'local'"),
+    "error_kind": ("string", "None, or a short fault name: timeout, http_500, connection, stream_cut, bad_audio, ..."),
+    "error": ("string", "error message (never contains secrets)"),
+    "fallback": ("string", "None, the fallback strategy's name, or 'apology'"),
+    "partial": ("boolean", "the fault came after some of the answer was already produced"),
+    "history_dropped": ("int64", "history items trimmed to fit the prompt budget"),
+    "realtime": ("boolean", "voice audio was paced in real time, so latency columns are valid"),
+    # voice mode (NaN in text mode)
+    "audio_path": ("string", "user audio file, relative to the dataset"),
+    "speech_end_s": ("float64", "end of user speech, seconds into the turn's audio (from the recording)"),
+    "eou_delay_s": ("float64", "end of user speech to the end-of-turn decision"),
+    "transcript": ("string", "what STT heard"),
+    "wer": ("float64", "word error rate of transcript vs user_text (number and case normalised)"),
+    "stt_s": ("float64", "end of user speech to final transcript"),
+    "tts_ttfb_s": ("float64", "first text into TTS to first audio byte out"),
+    "v2v_s": ("float64", "voice-to-voice: end of user speech to first agent audio frame played"),
+    "agent_audio_s": ("float64", "duration of the agent's spoken reply"),
+    "interruptions": ("int64", "times the agent was interrupted in this turn"),
+    "lk_metrics": ("string", "LiveKit's own per-turn metrics (JSON), kept beside ours"),
+}
+
+KEY = ("strategy", "mode", "voice", "conversation_id", "turn_index", "repetition")
+"""The columns that identify a row: resume skips rows whose key is already stored."""

@@ -1,0 +1,238 @@
+"""Durable run folders: ``runs/<run-id>/`` with a manifest and turn rows that survive a crash.
+
+Each finished turn is appended to a journal (one JSON line, flushed) the moment it finishes, and
+the journal is compacted into Parquet atomically (write to a temporary file, then rename), so a
+run killed at any instant leaves either the old or the new Parquet, never half of one. Readers
+merge Parquet and journal and keep the last row per key, so a resumed run has exactly the rows an
+uninterrupted run has. One process writes a run at a time (an OS file lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import platform
+import subprocess
+import threading
+import uuid
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from workbench.replay.schema import COLUMNS, KEY
+
+RUNS_DIR = Path("runs")
+TURNS_FILE = "turns.parquet"
+JOURNAL_FILE = "turns.jsonl"
+MANIFEST_FILE = "manifest.json"
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing this run folder."""
+
+
+def new_run_id(name: str = "run") -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{name}-{uuid.uuid4().hex[:6]}"
+
+
+def resolve_run(run: str | Path, runs_dir: Path = RUNS_DIR) -> Path:
+    """A run id (under ``runs/``) or a path to a run folder."""
+    p = Path(run)
+    for candidate in (p, runs_dir / p):
+        if (candidate / MANIFEST_FILE).exists():
+            return candidate
+    raise FileNotFoundError(f"no run {str(run)!r}: expected {runs_dir / p}/{MANIFEST_FILE}")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    return v
+
+
+def typed_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows as a DataFrame with every schema column present and typed (extra columns kept)."""
+    df = pd.DataFrame(rows)
+    for col, (dtype, _) in COLUMNS.items():
+        if col not in df.columns:
+            df[col] = pd.Series([None] * len(df), dtype="object")
+        if dtype == "object":
+            continue
+        try:
+            df[col] = df[col].astype(dtype)
+        except (TypeError, ValueError):
+            df[col] = pd.to_numeric(df[col], errors="coerce") if dtype.startswith(("float", "int")) else df[col]
+    ordered = list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]
+    return df[ordered]
+
+
+class RunStore:
+    """One run folder, opened for writing by exactly one process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.path / ".lock", "a+")  # noqa: SIM115  (held for the store's lifetime)
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "another process"
+            self._lock_file.close()
+            raise RunLockedError(
+                f"run {self.path.name} is being written by {holder}; wait for it or use another run id"
+            ) from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"pid {os.getpid()} on {platform.node()}")
+        self._lock_file.flush()
+        self._journal = open(self.path / JOURNAL_FILE, "a", encoding="utf-8")  # noqa: SIM115
+        self._mutex = threading.Lock()
+
+    # -- manifest -------------------------------------------------------------------
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        _atomic_write_bytes(self.path / MANIFEST_FILE, json.dumps(manifest, indent=2, default=str).encode())
+
+    def read_manifest(self) -> dict[str, Any]:
+        return json.loads((self.path / MANIFEST_FILE).read_text())
+
+    def update_manifest(self, **changes: Any) -> None:
+        m = self.read_manifest()
+        m.update(changes)
+        self.write_manifest(m)
+
+    # -- rows -----------------------------------------------------------------------
+    def append(self, row: dict[str, Any]) -> None:
+        """Durable as soon as it returns (the OS has the line even if this process is killed)."""
+        line = json.dumps({k: _jsonable(v) for k, v in row.items()}, default=str)
+        with self._mutex:
+            self._journal.write(line + "\n")
+            self._journal.flush()
+
+    def done_keys(self) -> set[tuple[Any, ...]]:
+        df = read_rows(self.path)
+        if df.empty:
+            return set()
+        return set(df[list(KEY)].itertuples(index=False, name=None))
+
+    def compact(self) -> None:
+        """Fold the journal into the Parquet file atomically, then empty the journal."""
+        with self._mutex:
+            self._journal.flush()
+            df = read_rows(self.path)
+            if not df.empty:
+                tmp = self.path / f".{TURNS_FILE}.{os.getpid()}.tmp"
+                df.to_parquet(tmp, index=False)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path / TURNS_FILE)
+            self._journal.truncate(0)
+            self._journal.seek(0)
+
+    def close(self) -> None:
+        self._journal.close()
+        self._lock_file.close()
+
+
+def _read_journal(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # the last line of a killed writer may be cut: that turn is simply redone
+    return rows
+
+
+def read_rows(path: Path) -> pd.DataFrame:
+    """Parquet plus journal, last row per key wins, in a stable order."""
+    frames = []
+    pq = path / TURNS_FILE
+    if pq.exists():
+        frames.append(pd.read_parquet(pq))
+    journal = _read_journal(path / JOURNAL_FILE)
+    if journal:
+        frames.append(typed_frame(journal))
+    if not frames:
+        return typed_frame([])
+    nonempty = [f for f in frames if not f.empty]
+    df = pd.concat(nonempty, ignore_index=True) if nonempty else frames[0]
+    df = df.drop_duplicates(subset=list(KEY), keep="last")
+    return typed_frame(df.to_dict("records")).sort_values(list(KEY), kind="stable").reset_index(drop=True)
+
+
+def load_run(run: str | Path, runs_dir: Path = RUNS_DIR) -> pd.DataFrame:
+    """One row per strategy x conversation x turn x repetition (columns: ``workbench.replay.schema.COLUMNS``)."""
+    path = resolve_run(run, runs_dir)
+    df = read_rows(path)
+    scores = path / "scores.parquet"
+    if scores.exists() and not df.empty:
+        extra = pd.read_parquet(scores)
+        extra = extra[[c for c in extra.columns if c in KEY or c not in df.columns]]
+        df = df.merge(extra, on=list(KEY), how="left")
+    return df
+
+
+def environment_info() -> dict[str, Any]:
+    """Package versions, machine and git commit for the manifest (never environment variables)."""
+    versions = {}
+    for pkg in (
+        "dianachat-workbench",
+        "livekit-agents",
+        "openai",
+        "ragas",
+        "llama-index-core",
+        "llama_cpp_python",
+        "faster-whisper",
+        "piper-tts",
+        "autogen-agentchat",
+        "torch",
+        "pandas",
+    ):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[pkg] = metadata.version(pkg)
+    try:
+        repo = Path(__file__).resolve().parents[2]
+        git = ["git", "-C", str(repo)]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+        status = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        commit, dirty = commit or None, bool(status)
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    import psutil
+
+    return {
+        "versions": versions,
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "host": platform.node(),
+        },
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }

@@ -1,0 +1,83 @@
+"""A suite: which dataset, which strategies, which mode, how many repetitions, how concurrently.
+
+Written as YAML (``evals/*.yaml``, ``workbench run SUITE.yaml``) or built in Python.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Selection(BaseModel):
+    """Which conversations to replay: explicit ids, tags, or the first ``limit``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] | None = None
+    tags: list[str] | None = None
+    limit: int | None = None
+
+
+class VoiceOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    variants: list[str] = Field(default_factory=lambda: ["piper"])  # recording variants to play
+    realtime: bool = True  # False: functional checks only; rows carry no latency figures
+    concurrency: int = 1  # real-time sessions at once (CPU-heavy local models distort each other)
+    conversations: Selection | None = None  # a (smaller) selection for voice mode
+    turn_timeout_s: float = 60.0
+
+
+class Suite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "suite"
+    dataset: Path = Path("datasets/dianachat_demo")
+    strategies: dict[str, str | dict[str, Any]] = Field(default_factory=lambda: {"plain": "plain"})
+    mode: Literal["text", "voice", "both"] = "text"
+    repetitions: int = 1
+    concurrency: int = 4
+    conversations: Selection = Field(default_factory=Selection)
+    voice: VoiceOptions = Field(default_factory=VoiceOptions)
+    instructions: str | None = None  # the agent's instructions; None: the workbench default
+    config: Path | None = None  # workbench config (endpoints, models); None: defaults + environment
+    turn_timeout_s: float = 60.0
+    gates: list[dict[str, Any]] = Field(default_factory=list)  # used by `workbench eval`
+    baseline: str = "plain"
+
+    @field_validator("strategies", mode="before")
+    @classmethod
+    def _list_to_dict(cls, v: Any) -> Any:
+        if isinstance(v, list):  # [plain, rag, {name: x, kind: rag}] -> mapping by name
+            out = {}
+            for item in v:
+                name = item if isinstance(item, str) else item.get("name") or item["kind"]
+                out[name] = item
+            return out
+        return v
+
+    def strategy_config(self, name: str) -> dict[str, Any]:
+        spec = self.strategies[name]
+        cfg: dict[str, Any] = {"kind": spec} if isinstance(spec, str) else dict(spec)
+        cfg.setdefault("name", name)
+        return cfg
+
+    @property
+    def modes(self) -> list[str]:
+        return ["text", "voice"] if self.mode == "both" else [self.mode]
+
+
+def load_suite(path: str | Path) -> Suite:
+    """A suite from YAML; relative dataset/config paths are resolved against the suite file's folder first."""
+    p = Path(path)
+    data = yaml.safe_load(p.read_text()) or {}
+    suite = Suite.model_validate(data)
+    for attr in ("dataset", "config"):
+        val = getattr(suite, attr)
+        if val is not None and not val.is_absolute() and not val.exists() and (p.parent / val).exists():
+            setattr(suite, attr, p.parent / val)
+    return suite

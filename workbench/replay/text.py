@@ -1,0 +1,123 @@
+"""Text mode: a conversation replayed turn by turn through a room-less ``AgentSession``.
+
+The strategy is the session's LLM and the session carries the history, exactly as in a call;
+per turn we read the strategy's :class:`TurnTrace` (timing, retrieval, faults) by user message id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from livekit.agents import llm
+
+from workbench.models import ModelStack
+from workbench.pipeline import build_agent, build_session
+from workbench.strategies.base import Strategy, TurnTrace, count_tokens, error_kind
+
+
+def dataset_row(conv: Any, turn_index: int) -> dict[str, Any]:
+    """The dataset's side of a turn row."""
+    t = conv.turns[turn_index]
+    return {
+        "conversation_id": conv.id,
+        "turn_index": turn_index,
+        "tags": list(conv.tags or []),
+        "user_text": t.user,
+        "reference": t.reference,
+        "reference_contexts": list(t.contexts or []),
+        "facts": list(t.facts or []),
+    }
+
+
+def trace_columns(trace: TurnTrace | None, prompt_text: str, answer: str) -> dict[str, Any]:
+    """The strategy's side of a turn row; tokens from reported usage when present, else counted here."""
+    if trace is None:
+        return {"error_kind": "no_llm_call", "error": "the session produced no LLM call for this turn"}
+    usage = trace.notes.get("usage")
+    if usage and usage.get("completion_tokens"):
+        prompt_t, completion_t, source = usage.get("prompt_tokens"), usage.get("completion_tokens"), "usage"
+    else:
+        prompt_t, completion_t, source = count_tokens(prompt_text), count_tokens(answer), "local"
+    return {
+        "contexts": [p.text for p in trace.contexts],
+        "context_sources": [p.source for p in trace.contexts],
+        "context_scores": [float(p.score) for p in trace.contexts],
+        "llm_ttfc_s": trace.first_chunk_s,
+        "llm_total_s": trace.total_s,
+        "prompt_tokens": prompt_t,
+        "completion_tokens": completion_t,
+        "tokens_source": source,
+        "error_kind": trace.error_kind,
+        "error": trace.error,
+        "fallback": trace.fallback,
+        "partial": trace.partial,
+        "history_dropped": trace.history_dropped,
+    }
+
+
+def history_from_rows(rows: list[dict[str, Any]]) -> llm.ChatContext:
+    """Rebuild a conversation's history from stored rows, so a resumed conversation continues, not restarts."""
+    ctx = llm.ChatContext()
+    for r in sorted(rows, key=lambda r: r["turn_index"]):
+        ctx.add_message(role="user", content=r["user_text"])
+        if r.get("answer"):
+            ctx.add_message(role="assistant", content=r["answer"])
+    return ctx
+
+
+def _prompt_text(chat_ctx: llm.ChatContext) -> str:
+    return "\n".join(i.text_content or "" for i in chat_ctx.items if isinstance(i, llm.ChatMessage))
+
+
+async def replay_text(
+    stack: ModelStack,
+    strategy: Strategy,
+    conv: Any,
+    *,
+    emit: Callable[[dict[str, Any]], None],
+    start_turn: int = 0,
+    history: llm.ChatContext | None = None,
+    instructions: str | None = None,
+    turn_timeout_s: float = 60.0,
+) -> None:
+    """Replay ``conv`` from ``start_turn``; ``emit`` receives one row per finished turn."""
+    agent = build_agent(**({"instructions": instructions} if instructions else {}), chat_ctx=history)
+    session = build_session(stack, strategy, mode="text")
+    await session.start(agent)
+    try:
+        for i in range(start_turn, len(conv.turns)):
+            row = dataset_row(conv, i)
+            row["started_at"] = datetime.now(UTC).isoformat()
+            t0 = time.perf_counter()
+            answer, trace, failure = "", None, None
+            prompt = f"{_prompt_text(agent.chat_ctx)}\n{conv.turns[i].user}"
+            try:
+                result = await asyncio.wait_for(session.run(user_input=conv.turns[i].user), turn_timeout_s)
+                answer = " ".join(
+                    ev.item.text_content or ""
+                    for ev in result.events
+                    if ev.type == "message" and ev.item.role == "assistant"
+                ).strip()
+            except Exception as e:  # the turn fails loudly in its row; the conversation goes on
+                failure = e
+            user_msg = _last_user(agent.chat_ctx)
+            trace = strategy.trace_for(user_msg.id) if user_msg else None
+            row.update(trace_columns(trace, prompt, answer))
+            row["answer"] = answer
+            if failure is not None and not row.get("error_kind"):
+                row["error_kind"], row["error"] = error_kind(failure), str(failure)[:500]
+            row.setdefault("llm_total_s", time.perf_counter() - t0)
+            emit(row)
+    finally:
+        await session.aclose()
+
+
+def _last_user(ctx: llm.ChatContext) -> llm.ChatMessage | None:
+    for item in reversed(ctx.items):
+        if isinstance(item, llm.ChatMessage) and item.role == "user":
+            return item
+    return None

@@ -1,0 +1,315 @@
+"""Voice mode: recorded user audio played in real time through VAD, STT, the strategy and TTS.
+
+The session gets a microphone that plays each turn's recording (and silence in between) paced by the
+wall clock, and a speaker that captures the agent's frames and emulates playback (so the agent
+leaves "speaking" only after its audio would have finished). Because the end of user speech is
+known from the recording, every stage can be timed against it as the caller would hear it.
+Faster-than-real-time playback works for functional checks, but its rows carry no latency figures:
+the framework mixes audio time and wall time (VAD, endpointing timers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from livekit import rtc
+from livekit.agents import llm
+from livekit.agents.voice import io
+
+from workbench.models import ModelStack
+from workbench.pipeline import build_agent, build_session
+from workbench.replay.text import dataset_row, trace_columns
+from workbench.scoring.wer import wer
+from workbench.strategies.base import Strategy
+
+RATE = 16000
+FRAME_MS = 20
+FRAME = RATE * FRAME_MS // 1000
+
+
+@dataclass
+class Utterance:
+    """One user turn's audio, 16 kHz mono float32, and where the speech ends in it."""
+
+    samples: np.ndarray
+    speech_end_s: float
+    audio_path: str
+
+
+class RealtimeMicrophone(io.AudioInput):
+    """A microphone that plays queued utterances, and silence between them, paced by the wall clock.
+
+    ``speed`` > 1 plays faster than real time (functional checks only).
+    """
+
+    def __init__(self, speed: float = 1.0) -> None:
+        super().__init__(label="workbench-replay-mic")
+        self.speed = speed
+        self._pending: asyncio.Queue[tuple[Utterance, asyncio.Future[float]]] = asyncio.Queue()
+        self._current: np.ndarray | None = None
+        self._pos = 0
+        self._t0: float | None = None
+        self._n = 0
+        self._closed = False
+        self._started: asyncio.Future[float] | None = None
+        self._speech_end_at: float | None = None
+        self._silence = rtc.AudioFrame(bytes(FRAME * 2), RATE, 1, FRAME)
+
+    def play(self, utt: Utterance) -> asyncio.Future[float]:
+        """Queue an utterance; the future resolves to the wall time (time.time) its speech ends."""
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._pending.put_nowait((utt, fut))
+        return fut
+
+    def close(self) -> None:
+        self._closed = True
+
+    async def __anext__(self) -> rtc.AudioFrame:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+            self._wall0 = time.time()
+        due = self._t0 + self._n * FRAME_MS / 1000 / self.speed
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        frame_start_wall = self._wall0 + (due - self._t0)  # when this frame "leaves the caller's mouth"
+        self._n += 1
+        if self._current is None and not self._pending.empty():
+            utt, fut = self._pending.get_nowait()
+            self._current, self._pos = utt.samples, 0
+            fut.set_result(frame_start_wall + utt.speech_end_s / self.speed)
+        if self._current is None:
+            return self._silence
+        chunk = self._current[self._pos : self._pos + FRAME]
+        self._pos += FRAME
+        if self._pos >= len(self._current):
+            self._current = None
+        if len(chunk) < FRAME:
+            chunk = np.concatenate([chunk, np.zeros(FRAME - len(chunk), dtype=np.float32)])
+        ints = (np.clip(chunk, -1.0, 1.0) * 32767.0).astype(np.int16)
+        return rtc.AudioFrame(ints.tobytes(), RATE, 1, FRAME)
+
+
+class PlaybackSpeaker(io.AudioOutput):
+    """Captures the agent's audio and emulates a speaker playing it in real time."""
+
+    def __init__(self, speed: float = 1.0) -> None:
+        super().__init__(label="workbench-replay-speaker", capabilities=io.AudioOutputCapabilities(pause=False))
+        self.speed = speed
+        self.first_frame_at: list[float] = []  # wall time of each reply's first frame
+        self.durations: list[float] = []
+        self.interruptions = 0
+        self._pushed = 0.0
+        self._start = 0.0
+        self._flush_task: asyncio.Task[None] | None = None
+        self._interrupted = asyncio.Event()
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        await super().capture_frame(frame)
+        if self._flush_task is not None and not self._flush_task.done():
+            await self._flush_task
+        if not self._pushed:
+            now = time.time()
+            self._start = time.perf_counter()
+            self.first_frame_at.append(now)
+            self.on_playback_started(created_at=now)
+        self._pushed += frame.duration
+
+    def flush(self) -> None:
+        super().flush()
+        if self._pushed:
+            self._interrupted.clear()
+            self._flush_task = asyncio.create_task(self._play_out())
+
+    def clear_buffer(self) -> None:
+        if self._pushed:
+            self._interrupted.set()
+
+    async def _play_out(self) -> None:
+        remaining = self._start + self._pushed / self.speed - time.perf_counter()
+        interrupted = False
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._interrupted.wait(), remaining)
+                interrupted = True
+        played = min(self._pushed, (time.perf_counter() - self._start) * self.speed) if interrupted else self._pushed
+        self.interruptions += int(interrupted)
+        self.durations.append(played)
+        self._pushed = 0.0
+        self.on_playback_finished(playback_position=played, interrupted=interrupted)
+
+
+@dataclass
+class _TurnEvents:
+    """What the session reported during one turn, with wall-clock times."""
+
+    finals: list[tuple[float, str]] = field(default_factory=list)
+    user_committed_at: float | None = None
+    user_msg: llm.ChatMessage | None = None
+    assistant: list[llm.ChatMessage] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    lk: dict[str, Any] = field(default_factory=dict)
+
+
+def has_audio(conv: Any, variant: str) -> bool:
+    return all(_audio_ref(t, variant) is not None for t in conv.turns)
+
+
+def _audio_ref(turn: Any, variant: str) -> Any:
+    audio = getattr(turn, "audio", None)
+    if audio is None:
+        return None
+    if isinstance(audio, dict):
+        return audio.get(variant)
+    if hasattr(audio, "get"):
+        return audio.get(variant)
+    return audio if variant in ("", "default", "piper") else None
+
+
+def load_utterance(dataset: Any, turn: Any, variant: str) -> Utterance:
+    """The turn's recording at 16 kHz mono and its known end of speech."""
+    from workbench.replay.audio import load_audio
+
+    ref = _audio_ref(turn, variant)
+    rel = ref if isinstance(ref, str) else getattr(ref, "path", None) or ref["path"]
+    path = dataset.resolve_audio(rel) if hasattr(dataset, "resolve_audio") else Path(dataset.root) / rel
+    loaded = load_audio(path, target_rate=RATE)
+    samples = loaded.samples if hasattr(loaded, "samples") else loaded[0] if isinstance(loaded, tuple) else loaded
+    end = (
+        getattr(ref, "speech_end_s", None)
+        if not isinstance(ref, str | dict)
+        else (ref.get("speech_end_s") if isinstance(ref, dict) else None)
+    )
+    if end is None:
+        end = _estimate_speech_end(samples)
+    return Utterance(np.asarray(samples, dtype=np.float32), float(end), str(rel))
+
+
+def _estimate_speech_end(samples: np.ndarray) -> float:
+    """Last 10 ms window above -40 dBFS: used only when the dataset does not record the end of speech."""
+    win = RATE // 100
+    n = len(samples) // win
+    if n == 0:
+        return 0.0
+    rms = np.sqrt(np.mean(samples[: n * win].reshape(n, win) ** 2, axis=1))
+    loud = np.nonzero(rms > 0.01)[0]
+    return float((loud[-1] + 1) * win / RATE) if len(loud) else 0.0
+
+
+async def replay_voice(
+    stack: ModelStack,
+    strategy: Strategy,
+    conv: Any,
+    *,
+    dataset: Any,
+    variant: str,
+    emit: Callable[[dict[str, Any]], None],
+    start_turn: int = 0,
+    history: llm.ChatContext | None = None,
+    instructions: str | None = None,
+    options: Any = None,
+) -> None:
+    """Play ``conv``'s recordings into a full voice session; ``emit`` receives one row per turn."""
+    realtime = getattr(options, "realtime", True)
+    speed = 1.0 if realtime else 4.0
+    turn_timeout = getattr(options, "turn_timeout_s", 60.0)
+    tts_kind = getattr(options, "tts", None)
+    mic, speaker = RealtimeMicrophone(speed), PlaybackSpeaker(speed)
+    agent = build_agent(**({"instructions": instructions} if instructions else {}), chat_ctx=history)
+    session = build_session(stack, strategy, mode="voice", tts_kind=tts_kind)
+    session.input.audio = mic
+    session.output.audio = speaker
+    ev = _TurnEvents()
+
+    def on_transcribed(e: Any) -> None:
+        if e.is_final and e.transcript.strip():
+            ev.finals.append((e.created_at, e.transcript.strip()))
+
+    def on_item(e: Any) -> None:
+        item = e.item
+        if isinstance(item, llm.ChatMessage) and item.role == "user":
+            ev.user_committed_at, ev.user_msg = e.created_at, item
+        elif isinstance(item, llm.ChatMessage) and item.role == "assistant":
+            ev.assistant.append(item)
+
+    def on_state(e: Any) -> None:
+        if e.old_state == "speaking" and e.new_state == "listening" and ev.assistant:
+            ev.done.set()
+
+    def on_metrics(e: Any) -> None:
+        m = e.metrics
+        ev.lk.setdefault(m.type, []).append(m.model_dump(mode="json", exclude={"metadata"}))
+
+    session.on("user_input_transcribed", on_transcribed)
+    session.on("conversation_item_added", on_item)
+    session.on("agent_state_changed", on_state)
+    session.on("metrics_collected", on_metrics)
+    await session.start(agent)
+    try:
+        for i in range(start_turn, len(conv.turns)):
+            row = dataset_row(conv, i)
+            row["started_at"] = datetime.now(UTC).isoformat()
+            row["realtime"] = realtime
+            try:
+                utt = load_utterance(dataset, conv.turns[i], variant)
+            except Exception as e:  # a bad recording is this turn's error, not the run's
+                row.update(error_kind="bad_audio", error=str(e)[:500], answer="")
+                emit(row)
+                continue
+            row["audio_path"], row["speech_end_s"] = utt.audio_path, utt.speech_end_s
+            ev.finals.clear()
+            ev.assistant.clear()
+            ev.user_committed_at, ev.user_msg, ev.lk = None, None, {}
+            ev.done.clear()
+            replies_before, interruptions_before = len(speaker.first_frame_at), speaker.interruptions
+            speech_end_at = await mic.play(utt)
+            try:
+                await asyncio.wait_for(ev.done.wait(), turn_timeout)
+            except TimeoutError:
+                row.update(error_kind="no_reply", error=f"no agent reply within {turn_timeout:.0f} s")
+            await asyncio.sleep(0.3 / speed)  # a caller's pause before the next turn
+            row.update(_voice_columns(ev, speaker, replies_before, speech_end_at, strategy, realtime))
+            row["interruptions"] = speaker.interruptions - interruptions_before
+            row["wer"] = wer(row["user_text"], row["transcript"]) if row.get("transcript") else None
+            emit(row)
+    finally:
+        mic.close()
+        await session.aclose()
+
+
+def _voice_columns(
+    ev: _TurnEvents,
+    speaker: PlaybackSpeaker,
+    replies_before: int,
+    speech_end_at: float,
+    strategy: Strategy,
+    realtime: bool,
+) -> dict[str, Any]:
+    transcript = " ".join(t for _, t in ev.finals)
+    answer = " ".join(m.text_content or "" for m in ev.assistant).strip()
+    trace = strategy.trace_for(ev.user_msg.id) if ev.user_msg is not None else None
+    out = trace_columns(trace, transcript, answer) if trace is not None else {}
+    out.update(answer=answer, transcript=transcript, lk_metrics=json.dumps(ev.lk, default=str))
+    first = speaker.first_frame_at[replies_before] if len(speaker.first_frame_at) > replies_before else None
+    out["agent_audio_s"] = sum(speaker.durations[replies_before:]) if first is not None else None
+    assistant_metrics = ev.assistant[0].metrics if ev.assistant else {}
+    if not realtime:  # functional check only: no latency figures
+        for k in ("llm_ttfc_s", "llm_total_s"):
+            out[k] = None
+        return out
+    out["eou_delay_s"] = ev.user_committed_at - speech_end_at if ev.user_committed_at else None
+    out["stt_s"] = ev.finals[-1][0] - speech_end_at if ev.finals else None
+    out["tts_ttfb_s"] = (assistant_metrics or {}).get("tts_node_ttfb")
+    out["v2v_s"] = first - speech_end_at if first is not None else None
+    return out

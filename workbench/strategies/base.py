@@ -1,0 +1,299 @@
+"""The one base every strategy shares: a real ``livekit.agents.llm.LLM`` that streams.
+
+A strategy implements a single async generator, :meth:`Strategy.generate`, yielding text
+deltas or ``ChatChunk``s as they arrive. The base adds what every strategy needs and
+none should re-implement: history trimmed to a token budget, first-chunk and between-chunk
+timeouts, fallback to another strategy or a spoken apology, a per-turn :class:`TurnTrace`
+the harness reads, and prompt cancellation (closing the stream cancels the generator and,
+with it, the upstream request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import httpx
+import openai
+from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    APIConnectionError,
+    APIConnectOptions,
+    APIError,
+    APITimeoutError,
+    llm,
+)
+from livekit.agents.llm import ChatContext, ChatMessage
+from livekit.agents.types import NOT_GIVEN, NotGivenOr
+from pydantic import BaseModel, ConfigDict
+
+log = logging.getLogger(__name__)
+
+
+class StrategyOptions(BaseModel):
+    """Behaviour shared by all strategies (YAML keys under a strategy's config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = "default"
+    history_tokens: int | None = None  # None: the endpoint's prompt budget
+    first_chunk_timeout_s: float = 15.0
+    chunk_timeout_s: float = 10.0
+    fallback: str | dict[str, Any] | None = None  # another strategy, by name or config
+    apology: str | None = "Sorry, I'm having trouble answering right now. Could you say that again?"
+
+
+@dataclass
+class Passage:
+    """A retrieved passage travelling with the turn, so the harness can score retrieval."""
+
+    text: str
+    source: str
+    score: float
+
+
+@dataclass
+class TurnTrace:
+    """What happened in one turn, for the harness: retrieval, fault, fallback, timing."""
+
+    strategy: str
+    user_message_id: str | None
+    started: float = field(default_factory=time.perf_counter)
+    first_chunk_s: float | None = None
+    total_s: float | None = None
+    contexts: list[Passage] = field(default_factory=list)
+    error_kind: str | None = None
+    error: str | None = None
+    fallback: str | None = None  # strategy name or "apology"
+    partial: bool = False  # the fault came after some text was already spoken
+    history_dropped: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def error_kind(e: BaseException) -> str:
+    """Short, stable names for what went wrong (used in turn rows and fault tables)."""
+    if isinstance(e, TimeoutError | APITimeoutError | openai.APITimeoutError | httpx.TimeoutException):
+        return "timeout"
+    status = getattr(e, "status_code", None)
+    if status:
+        return f"http_{status}"
+    if isinstance(e, openai.APIConnectionError | httpx.ConnectError | ConnectionError | APIConnectionError):
+        return "connection"
+    if isinstance(e, httpx.RemoteProtocolError | httpx.ReadError):
+        return "stream_cut"
+    if isinstance(e, ValueError):
+        return "malformed"
+    return type(e).__name__
+
+
+def count_tokens(text: str) -> int:
+    """Local token estimate (GPT-2 BPE, shipped with Whisper): close enough when an endpoint reports no usage."""
+    return len(_encoder().encode(text, add_special_tokens=False).ids) if text else 0
+
+
+_ENC: Any = None
+
+
+def _encoder() -> Any:
+    global _ENC
+    if _ENC is None:
+        from tokenizers import Tokenizer  # offline: tiktoken would download its vocabulary
+
+        from workbench.models.assets import whisper_dir
+
+        _ENC = Tokenizer.from_file(str(whisper_dir() / "tokenizer.json"))
+    return _ENC
+
+
+def _item_text(item: Any) -> str:
+    if isinstance(item, ChatMessage):
+        return item.text_content or ""
+    return str(getattr(item, "arguments", "") or getattr(item, "output", "") or "")
+
+
+def trim_history(chat_ctx: ChatContext, budget: int) -> tuple[ChatContext, int]:
+    """Keep the leading system/developer instructions, then the newest items that fit the budget.
+
+    Returns a copy and how many items were dropped. The newest user turn is always kept.
+    """
+    items = list(chat_ctx.items)
+    head = []
+    while items and isinstance(items[0], ChatMessage) and items[0].role in ("system", "developer"):
+        head.append(items.pop(0))
+    used = sum(count_tokens(_item_text(i)) for i in head)
+    kept: list[Any] = []
+    for item in reversed(items):
+        cost = count_tokens(_item_text(item)) + 4
+        if kept and used + cost > budget:
+            break
+        kept.append(item)
+        used += cost
+    kept.reverse()
+    while kept and kept[0].type == "function_call_output":  # never start with an orphan tool result
+        kept.pop(0)
+    out = chat_ctx.copy()
+    out.items[:] = head + kept
+    return out, len(items) - len(kept)
+
+
+def last_user_message(chat_ctx: ChatContext) -> ChatMessage | None:
+    for item in reversed(chat_ctx.items):
+        if isinstance(item, ChatMessage) and item.role == "user":
+            return item
+    return None
+
+
+@dataclass
+class Turn:
+    """Everything a strategy's ``generate`` gets for one turn."""
+
+    chat_ctx: ChatContext
+    tools: list[llm.Tool]
+    conn_options: APIConnectOptions
+    trace: TurnTrace
+
+    @property
+    def user_text(self) -> str:
+        msg = last_user_message(self.chat_ctx)
+        return (msg.text_content or "") if msg else ""
+
+
+class Strategy(llm.LLM):
+    """Base class: subclass, set ``kind``, implement :meth:`generate`, register with ``@register``."""
+
+    kind: ClassVar[str] = "strategy"
+    max_traces: ClassVar[int] = 4096
+
+    def __init__(self, *, name: str | None = None, options: StrategyOptions | None = None,
+                 fallback: Strategy | None = None, prompt_budget: int = 1900) -> None:  # fmt: skip
+        super().__init__()
+        self.name = name or self.kind
+        self.options = options or StrategyOptions()
+        self.fallback = fallback
+        self.prompt_budget = self.options.history_tokens or prompt_budget
+        self._traces: OrderedDict[str, TurnTrace] = OrderedDict()
+        self._trace_listeners: list[Any] = []
+
+    @property
+    def model(self) -> str:
+        return self.name
+
+    @property
+    def provider(self) -> str:
+        return "dianachat-workbench"
+
+    def generate(self, turn: Turn) -> AsyncIterator[str | llm.ChatChunk]:
+        """Yield the answer as it is produced: text deltas or ``ChatChunk``s (e.g. tool calls)."""
+        raise NotImplementedError
+
+    def chat(
+        self,
+        *,
+        chat_ctx: ChatContext,
+        tools: list[llm.Tool] | None = None,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
+        tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
+        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
+    ) -> StrategyStream:
+        # our own timeouts and fallback replace the framework's retries (a retry re-speaks)
+        opts = APIConnectOptions(max_retry=0, retry_interval=0, timeout=conn_options.timeout)
+        return StrategyStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=opts)
+
+    # -- traces for the harness -------------------------------------------------------
+    def trace_for(self, user_message_id: str) -> TurnTrace | None:
+        return self._traces.get(user_message_id)
+
+    def on_trace(self, callback: Any) -> None:
+        """Call ``callback(trace)`` when a turn finishes (the harness and the worker's logs)."""
+        self._trace_listeners.append(callback)
+
+    def _finish(self, trace: TurnTrace) -> None:
+        trace.total_s = time.perf_counter() - trace.started
+        key = trace.user_message_id or uuid.uuid4().hex
+        self._traces[key] = trace
+        while len(self._traces) > self.max_traces:
+            self._traces.popitem(last=False)
+        for cb in self._trace_listeners:
+            cb(trace)
+
+    async def aclose(self) -> None:
+        if self.fallback is not None:
+            await self.fallback.aclose()
+
+
+class StrategyStream(llm.LLMStream):
+    def __init__(self, strategy: Strategy, **kwargs: Any) -> None:
+        super().__init__(strategy, **kwargs)
+        self._strategy = strategy
+        self._id = uuid.uuid4().hex[:12]
+
+    def _send(self, item: str | llm.ChatChunk, trace: TurnTrace) -> None:
+        if trace.first_chunk_s is None:
+            trace.first_chunk_s = time.perf_counter() - trace.started
+        if isinstance(item, str):
+            item = llm.ChatChunk(id=self._id, delta=llm.ChoiceDelta(role="assistant", content=item))
+        elif item.usage is not None and item.usage.total_tokens:
+            trace.notes["usage"] = item.usage.model_dump()  # the harness prefers reported usage to local counts
+        self._event_ch.send_nowait(item)
+
+    async def _run(self) -> None:
+        s = self._strategy
+        user = last_user_message(self._chat_ctx)
+        trace = TurnTrace(strategy=s.name, user_message_id=user.id if user else None)
+        ctx, trace.history_dropped = trim_history(self._chat_ctx, s.prompt_budget)
+        turn = Turn(chat_ctx=ctx, tools=list(self._tools), conn_options=self._conn_options, trace=trace)
+        sent = False
+        try:
+            gen = s.generate(turn)
+            async with contextlib.aclosing(gen):  # type: ignore[type-var]
+                while True:
+                    limit = s.options.chunk_timeout_s if sent else s.options.first_chunk_timeout_s
+                    try:
+                        item = await asyncio.wait_for(anext(gen), limit)
+                    except StopAsyncIteration:
+                        break
+                    self._send(item, trace)
+                    sent = True
+        except asyncio.CancelledError:
+            trace.error_kind = "cancelled"
+            raise
+        except Exception as e:
+            await self._recover(e, trace, sent)
+        finally:
+            s._finish(trace)
+
+    async def _recover(self, e: Exception, trace: TurnTrace, sent: bool) -> None:
+        """Fall back to another strategy, else speak the apology, else fail the turn loudly."""
+        s = self._strategy
+        trace.error_kind, trace.error, trace.partial = error_kind(e), str(e)[:500], sent
+        log.warning("strategy %s turn %s failed: %s (%s)", s.name, trace.user_message_id, trace.error_kind, e)
+        if s.fallback is not None:
+            trace.fallback = s.fallback.name
+            try:
+                async with s.fallback.chat(chat_ctx=self._chat_ctx, tools=self._tools) as fb:
+                    async for chunk in fb:
+                        self._send(chunk, trace)
+                fb_trace = s.fallback.trace_for(trace.user_message_id or "")
+                if fb_trace is None or fb_trace.error_kind is None:
+                    return
+                # the fallback itself failed and spoke its own apology; keep its record
+                trace.notes["fallback_error"] = fb_trace.error_kind
+                return
+            except Exception as e2:
+                trace.notes["fallback_error"] = error_kind(e2)
+        if s.options.apology:
+            trace.fallback = trace.fallback or "apology"
+            self._send(s.options.apology, trace)
+            return
+        raise APIConnectionError(f"strategy {s.name} failed: {trace.error_kind}", retryable=False) from e
+
+
+__all__ = ["APIError", "Passage", "Strategy", "StrategyOptions", "StrategyStream", "Turn", "TurnTrace"]

@@ -1,0 +1,53 @@
+"""Strategies registered by name and built from YAML-shaped config.
+
+``build("plain")`` or ``build({"kind": "rag", "top_k": 4, "fallback": "extractive"})``. Each
+strategy class declares a pydantic ``Config`` (its YAML keys) and ``from_config``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workbench.models import ModelStack
+from workbench.strategies.base import Strategy
+
+REGISTRY: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: make a strategy buildable by its ``kind``."""
+    if cls.kind in REGISTRY and REGISTRY[cls.kind] is not cls:
+        raise ValueError(f"strategy kind {cls.kind!r} is already registered by {REGISTRY[cls.kind].__name__}")
+    REGISTRY[cls.kind] = cls
+    return cls
+
+
+def available() -> dict[str, str]:
+    """Registered kinds with the first line of their docstring."""
+    _load_builtins()
+    return {k: (c.__doc__ or "").strip().splitlines()[0] for k, c in sorted(REGISTRY.items())}
+
+
+def _load_builtins() -> None:
+    import workbench.strategies.builtin  # noqa: F401  (registers on import)
+    import workbench.strategies.rag  # noqa: F401
+
+
+def build(spec: str | dict[str, Any] | Path, stack: ModelStack | None = None) -> Strategy:
+    """A strategy from a name, a config mapping, or a YAML file; fallbacks are built recursively."""
+    _load_builtins()
+    if isinstance(spec, Path) or (isinstance(spec, str) and spec.endswith((".yaml", ".yml"))):
+        spec = yaml.safe_load(Path(spec).read_text())
+    config: dict[str, Any] = {"kind": spec} if isinstance(spec, str) else dict(spec)
+    kind = config.pop("kind", None)
+    if kind not in REGISTRY:
+        raise KeyError(f"unknown strategy {kind!r}; registered: {', '.join(sorted(REGISTRY))}")
+    cls = REGISTRY[kind]
+    name = config.pop("name", kind)
+    cfg = cls.Config.model_validate(config)  # type: ignore[attr-defined]
+    stack = stack or ModelStack()
+    fallback = build(cfg.fallback, stack) if cfg.fallback else None
+    return cls.from_config(cfg, stack, name=name, fallback=fallback)  # type: ignore[attr-defined]
