@@ -7,6 +7,7 @@ Rows are appended to the run folder the moment each turn finishes (see :mod:`wor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,6 +101,21 @@ def _jobs(suite: Suite, conversations: list[Any], has_audio: Callable[[Any, str]
     return jobs
 
 
+async def _warm_up(strategies: Any) -> None:
+    """One unrecorded turn per strategy: loads models and connections so the first measured turn is not a cold start."""
+    from livekit.agents import llm
+
+    for s in strategies:
+        ctx = llm.ChatContext()
+        ctx.add_message(role="user", content="Hello")
+        try:
+            async with s.chat(chat_ctx=ctx) as stream:
+                async for _ in stream:
+                    pass
+        except Exception as e:  # the measured turns will record the failure properly
+            log.warning("warm-up of %s failed: %s", s.name, e)
+
+
 def run(
     suite: Suite | str | Path,
     *,
@@ -136,6 +152,8 @@ async def arun(
         path = Path(runs_dir) / run_id
         store = RunStore(path)
     dataset = load_dataset(suite.dataset)
+    for problem in dataset.problems:  # reported in the manifest; the valid conversations still run
+        log.warning("dataset problem: %s", problem)
     own_stack = stack is None
     stack = stack or ModelStack(load_config(suite.config))
     if resume is None:
@@ -147,6 +165,7 @@ async def arun(
                 "created_at": datetime.now(UTC).isoformat(),
                 "dataset": str(Path(suite.dataset).resolve()),
                 "suite": suite.model_dump(mode="json"),
+                "dataset_problems": [dataclasses.asdict(p) for p in dataset.problems],
                 "workbench_config": stack.config.model_dump(mode="json"),  # key *names* only, never values
                 **environment_info(),
             }
@@ -225,7 +244,9 @@ async def arun(
     try:
         text_jobs = [j for j in jobs if j.mode == "text"]
         voice_jobs = [j for j in jobs if j.mode == "voice"]
-        sem = asyncio.Semaphore(max(1, suite.concurrency))
+        concurrency = suite.concurrency or (1 if stack.config.llm.kind == "local" else 8)
+        await _warm_up(strategies.values())
+        sem = asyncio.Semaphore(max(1, concurrency))
         await asyncio.gather(*(do(j, sem) for j in text_jobs))
         if voice_jobs:  # after text: CPU-heavy voice sessions must not distort text latencies (or each other's)
             vsem = asyncio.Semaphore(max(1, suite.voice.concurrency))

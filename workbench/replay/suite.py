@@ -40,7 +40,7 @@ class Suite(BaseModel):
     strategies: dict[str, str | dict[str, Any]] = Field(default_factory=lambda: {"plain": "plain"})
     mode: Literal["text", "voice", "both"] = "text"
     repetitions: int = 1
-    concurrency: int = 4
+    concurrency: int | None = None  # None: 1 on a local single-slot server (honest latency), else 8
     conversations: Selection = Field(default_factory=Selection)
     voice: VoiceOptions = Field(default_factory=VoiceOptions)
     instructions: str | None = None  # the agent's instructions; None: the workbench default

@@ -88,6 +88,7 @@ async def replay_text(
     agent = build_agent(**({"instructions": instructions} if instructions else {}), chat_ctx=history)
     session = build_session(stack, strategy, mode="text")
     await session.start(agent)
+    await asyncio.sleep(0.02)  # let the session's start-up tasks settle, as before a caller's first words
     try:
         for i in range(start_turn, len(conv.turns)):
             row = dataset_row(conv, i)

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -163,37 +162,18 @@ class _TurnEvents:
 
 
 def has_audio(conv: Any, variant: str) -> bool:
-    return all(_audio_ref(t, variant) is not None for t in conv.turns)
-
-
-def _audio_ref(turn: Any, variant: str) -> Any:
-    audio = getattr(turn, "audio", None)
-    if audio is None:
-        return None
-    if isinstance(audio, dict):
-        return audio.get(variant)
-    if hasattr(audio, "get"):
-        return audio.get(variant)
-    return audio if variant in ("", "default", "piper") else None
+    return all(variant in t.audio_variants() for t in conv.turns)
 
 
 def load_utterance(dataset: Any, turn: Any, variant: str) -> Utterance:
-    """The turn's recording at 16 kHz mono and its known end of speech."""
+    """The turn's recording at 16 kHz mono and its known end of speech (estimated only when not recorded)."""
     from workbench.replay.audio import load_audio
 
-    ref = _audio_ref(turn, variant)
-    rel = ref if isinstance(ref, str) else getattr(ref, "path", None) or ref["path"]
-    path = dataset.resolve_audio(rel) if hasattr(dataset, "resolve_audio") else Path(dataset.root) / rel
-    loaded = load_audio(path, target_rate=RATE)
-    samples = loaded.samples if hasattr(loaded, "samples") else loaded[0] if isinstance(loaded, tuple) else loaded
-    end = (
-        getattr(ref, "speech_end_s", None)
-        if not isinstance(ref, str | dict)
-        else (ref.get("speech_end_s") if isinstance(ref, dict) else None)
-    )
-    if end is None:
-        end = _estimate_speech_end(samples)
-    return Utterance(np.asarray(samples, dtype=np.float32), float(end), str(rel))
+    path = dataset.audio_path(turn, variant)
+    samples = load_audio(path, target_rate=RATE).samples
+    span = turn.speech_span(variant)
+    end = span.speech_end_s if span is not None else _estimate_speech_end(samples)
+    return Utterance(np.asarray(samples, dtype=np.float32), float(end), turn.audio_variants()[variant])
 
 
 def _estimate_speech_end(samples: np.ndarray) -> float:

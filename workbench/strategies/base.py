@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -78,19 +79,39 @@ class TurnTrace:
 
 
 def error_kind(e: BaseException) -> str:
-    """Short, stable names for what went wrong (used in turn rows and fault tables)."""
+    """Short, stable names for what went wrong (used in turn rows and fault tables).
+
+    Walks the cause chain: the LiveKit plugin wraps every failure in one generic
+    ``APIConnectionError``, and the real cause (a cut stream, bad JSON) is underneath.
+    """
+    chain: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and len(chain) < 10 and all(cur is not c for c in chain):
+        chain.append(cur)
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
+    for x in chain:
+        kind = _one_error_kind(x)
+        if kind is not None:
+            return kind
+    if any(isinstance(x, APIConnectionError) for x in chain):
+        return "connection"
+    return type(e).__name__
+
+
+def _one_error_kind(e: BaseException) -> str | None:
     if isinstance(e, TimeoutError | APITimeoutError | openai.APITimeoutError | httpx.TimeoutException):
         return "timeout"
     status = getattr(e, "status_code", None)
-    if status:
+    if isinstance(status, int) and status > 0:
         return f"http_{status}"
-    if isinstance(e, openai.APIConnectionError | httpx.ConnectError | ConnectionError | APIConnectionError):
+    # openai wraps failures of the request itself (refused, dropped before any response)
+    if isinstance(e, openai.APIConnectionError | httpx.ConnectError | ConnectionError):
         return "connection"
-    if isinstance(e, httpx.RemoteProtocolError | httpx.ReadError):
+    if isinstance(e, httpx.RemoteProtocolError | httpx.ReadError):  # the body stopped mid-answer
         return "stream_cut"
     if isinstance(e, ValueError):
         return "malformed"
-    return type(e).__name__
+    return None  # livekit's APIConnectionError says nothing by itself: look at its cause
 
 
 def count_tokens(text: str) -> int:
@@ -170,6 +191,8 @@ class Strategy(llm.LLM):
 
     kind: ClassVar[str] = "strategy"
     max_traces: ClassVar[int] = 4096
+    # backpressure: how far the producer may run ahead of the consumer before generate() is paused
+    max_buffered_chunks: int = 64
 
     def __init__(self, *, name: str | None = None, options: StrategyOptions | None = None,
                  fallback: Strategy | None = None, prompt_budget: int = 1900) -> None:  # fmt: skip
@@ -180,6 +203,8 @@ class Strategy(llm.LLM):
         self.prompt_budget = self.options.history_tokens or prompt_budget
         self._traces: OrderedDict[str, TurnTrace] = OrderedDict()
         self._trace_listeners: list[Any] = []
+        self._streams: weakref.WeakSet[StrategyStream] = weakref.WeakSet()
+        _encoder()  # load the tokenizer now (~0.3 s once), not inside the event loop on the first turn
 
     @property
     def model(self) -> str:
@@ -205,7 +230,9 @@ class Strategy(llm.LLM):
     ) -> StrategyStream:
         # our own timeouts and fallback replace the framework's retries (a retry re-speaks)
         opts = APIConnectOptions(max_retry=0, retry_interval=0, timeout=conn_options.timeout)
-        return StrategyStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=opts)
+        stream = StrategyStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=opts)
+        self._streams.add(stream)
+        return stream
 
     # -- traces for the harness -------------------------------------------------------
     def trace_for(self, user_message_id: str) -> TurnTrace | None:
@@ -225,8 +252,12 @@ class Strategy(llm.LLM):
             cb(trace)
 
     async def aclose(self) -> None:
+        """Close streams still open (a consumer that never closed its stream), then the fallback."""
+        for stream in list(self._streams):
+            await stream.aclose()
         if self.fallback is not None:
             await self.fallback.aclose()
+        await super().aclose()
 
 
 class StrategyStream(llm.LLMStream):
@@ -234,15 +265,39 @@ class StrategyStream(llm.LLMStream):
         super().__init__(strategy, **kwargs)
         self._strategy = strategy
         self._id = uuid.uuid4().hex[:12]
+        self._sent = 0  # chunks put in the channel ...
+        self._taken = 0  # ... and chunks the consumer has taken: the difference is the backlog
+        self._room = asyncio.Event()
+        self._room.set()
 
-    def _send(self, item: str | llm.ChatChunk, trace: TurnTrace) -> None:
-        if trace.first_chunk_s is None:
-            trace.first_chunk_s = time.perf_counter() - trace.started
+    async def aclose(self) -> None:
+        self._strategy._streams.discard(self)
+        await super().aclose()
+
+    async def __anext__(self) -> llm.ChatChunk:
+        chunk = await super().__anext__()
+        self._taken += 1
+        if self._sent - self._taken < self._strategy.max_buffered_chunks:
+            self._room.set()
+        return chunk
+
+    async def _send(self, item: str | llm.ChatChunk, trace: TurnTrace) -> bool:
+        """Forward one item once the consumer has room; True if it carried output (text or tool calls)."""
         if isinstance(item, str):
+            if not item:
+                return False
             item = llm.ChatChunk(id=self._id, delta=llm.ChoiceDelta(role="assistant", content=item))
         elif item.usage is not None and item.usage.total_tokens:
             trace.notes["usage"] = item.usage.model_dump()  # the harness prefers reported usage to local counts
+        while self._sent - self._taken >= self._strategy.max_buffered_chunks:
+            self._room.clear()
+            await self._room.wait()
+        output = item.has_response()
+        if output and trace.first_chunk_s is None:
+            trace.first_chunk_s = time.perf_counter() - trace.started
         self._event_ch.send_nowait(item)
+        self._sent += 1
+        return output
 
     async def _run(self) -> None:
         s = self._strategy
@@ -257,11 +312,11 @@ class StrategyStream(llm.LLMStream):
                 while True:
                     limit = s.options.chunk_timeout_s if sent else s.options.first_chunk_timeout_s
                     try:
-                        item = await asyncio.wait_for(anext(gen), limit)
+                        async with asyncio.timeout(limit):  # in this task: no task per chunk, unlike wait_for
+                            item = await anext(gen)
                     except StopAsyncIteration:
                         break
-                    self._send(item, trace)
-                    sent = True
+                    sent = await self._send(item, trace) or sent
         except asyncio.CancelledError:
             trace.error_kind = "cancelled"
             raise
@@ -275,12 +330,14 @@ class StrategyStream(llm.LLMStream):
         s = self._strategy
         trace.error_kind, trace.error, trace.partial = error_kind(e), str(e)[:500], sent
         log.warning("strategy %s turn %s failed: %s (%s)", s.name, trace.user_message_id, trace.error_kind, e)
+        if sent and (s.fallback is not None or s.options.apology):
+            await self._send(" ", trace)  # what follows a cut-off answer must not glue onto its last word
         if s.fallback is not None:
             trace.fallback = s.fallback.name
             try:
                 async with s.fallback.chat(chat_ctx=self._chat_ctx, tools=self._tools) as fb:
                     async for chunk in fb:
-                        self._send(chunk, trace)
+                        await self._send(chunk, trace)
                 fb_trace = s.fallback.trace_for(trace.user_message_id or "")
                 if fb_trace is None or fb_trace.error_kind is None:
                     return
@@ -291,7 +348,7 @@ class StrategyStream(llm.LLMStream):
                 trace.notes["fallback_error"] = error_kind(e2)
         if s.options.apology:
             trace.fallback = trace.fallback or "apology"
-            self._send(s.options.apology, trace)
+            await self._send(s.options.apology, trace)
             return
         raise APIConnectionError(f"strategy {s.name} failed: {trace.error_kind}", retryable=False) from e
 

@@ -18,7 +18,9 @@ async def stream_llm(base: llm.LLM, turn: Turn, endpoint: ResolvedEndpoint | Non
     """Forward an upstream LLM's chunks as they arrive (tool calls included, nothing buffered)."""
     if endpoint is not None and endpoint.server is not None and not endpoint.server.alive():
         await asyncio.to_thread(endpoint.ensure_ready)  # a managed server died: restart it first
-    opts = APIConnectOptions(max_retry=0, timeout=turn.conn_options.timeout)
+    # the endpoint's own timeout: the strategy's first-chunk/chunk timeouts decide when to fall back
+    timeout = endpoint.config.timeout_s if endpoint is not None else turn.conn_options.timeout
+    opts = APIConnectOptions(max_retry=0, timeout=timeout)
     async with base.chat(chat_ctx=chat_ctx or turn.chat_ctx, tools=turn.tools, conn_options=opts) as stream:
         async for chunk in stream:
             yield chunk
