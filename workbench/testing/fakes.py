@@ -1,0 +1,118 @@
+"""Scripted speech components with known delays, for testing the voice harness's measurements.
+
+Unit tests only: each behaves like its LiveKit base class (``vad.VAD``, ``stt.STT``, ``tts.TTS``)
+but with exact, configurable timing, so a measured latency can be checked against the sum of
+the delays that produced it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import numpy as np
+from livekit import rtc
+from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, stt, tts, vad
+from livekit.agents.language import LanguageCode
+from livekit.agents.types import NOT_GIVEN, NotGivenOr
+from livekit.agents.utils import AudioBuffer
+
+
+class EnergyVAD(vad.VAD):
+    """Speech is any 10 ms window above ``threshold`` RMS; END after exactly ``silence_s`` of quiet."""
+
+    def __init__(self, threshold: float = 0.01, silence_s: float = 0.3, min_speech_s: float = 0.05) -> None:
+        super().__init__(capabilities=vad.VADCapabilities(update_interval=0.02))
+        self.threshold, self.silence_s, self.min_speech_s = threshold, silence_s, min_speech_s
+
+    def stream(self) -> vad.VADStream:
+        return _EnergyVADStream(self)
+
+
+class _EnergyVADStream(vad.VADStream):
+    async def _main_task(self) -> None:
+        v: EnergyVAD = self._vad  # type: ignore[assignment]
+        speaking, speech_s, silence_s, samples = False, 0.0, 0.0, 0
+        speech_frames: list[rtc.AudioFrame] = []
+        async for frame in self._input_ch:
+            if not isinstance(frame, rtc.AudioFrame):  # flush: a hard segment boundary
+                speaking, speech_s, silence_s, speech_frames = False, 0.0, 0.0, []
+                continue
+            pcm = np.frombuffer(frame.data, dtype=np.int16).astype(np.float32) / 32768.0
+            samples += frame.samples_per_channel
+            loud = float(np.sqrt(np.mean(pcm**2))) > v.threshold if pcm.size else False
+            dur = frame.duration
+            ts = samples / frame.sample_rate
+            if loud:
+                speech_s, silence_s = speech_s + dur, 0.0
+            else:
+                silence_s += dur
+            if speaking or loud:
+                speech_frames.append(frame)
+            if not speaking and loud and speech_s >= v.min_speech_s:
+                speaking = True
+                self._event_ch.send_nowait(vad.VADEvent(
+                    type=vad.VADEventType.START_OF_SPEECH, samples_index=samples, timestamp=ts,
+                    speech_duration=speech_s, silence_duration=0.0, frames=list(speech_frames), speaking=True,
+                ))  # fmt: skip
+            elif speaking and silence_s >= v.silence_s - 1e-9:
+                speaking = False
+                self._event_ch.send_nowait(vad.VADEvent(
+                    type=vad.VADEventType.END_OF_SPEECH, samples_index=samples, timestamp=ts,
+                    speech_duration=speech_s, silence_duration=silence_s, frames=list(speech_frames),
+                    speaking=False,
+                ))  # fmt: skip
+                speech_frames, speech_s = [], 0.0
+            elif not speaking and not loud:
+                speech_s, speech_frames = 0.0, []
+            self._event_ch.send_nowait(vad.VADEvent(
+                type=vad.VADEventType.INFERENCE_DONE, samples_index=samples, timestamp=ts, speech_duration=speech_s,
+                silence_duration=silence_s, probability=1.0 if loud else 0.0, speaking=speaking,
+            ))  # fmt: skip
+
+
+class FixedDelaySTT(stt.STT):
+    """Batch STT that answers ``text`` (or pops from ``texts``) exactly ``delay_s`` after it is asked."""
+
+    def __init__(self, delay_s: float = 0.1, texts: list[str] | None = None, text: str = "hello") -> None:
+        super().__init__(capabilities=stt.STTCapabilities(streaming=False, interim_results=False))
+        self.delay_s, self.texts, self.text = delay_s, list(texts or []), text
+        self.calls: list[float] = []
+
+    async def _recognize_impl(
+        self, buffer: AudioBuffer, *, language: NotGivenOr[str] = NOT_GIVEN, conn_options: APIConnectOptions
+    ) -> stt.SpeechEvent:
+        self.calls.append(time.time())
+        await asyncio.sleep(self.delay_s)
+        text = self.texts.pop(0) if self.texts else self.text
+        return stt.SpeechEvent(
+            type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+            request_id=uuid.uuid4().hex,
+            alternatives=[stt.SpeechData(language=LanguageCode("en"), text=text, confidence=1.0)],
+        )
+
+
+class FixedDelayTTS(tts.TTS):
+    """TTS whose first audio comes exactly ``ttfb_s`` after a request: a 440 Hz tone, ``seconds_per_word`` long."""
+
+    def __init__(self, ttfb_s: float = 0.08, seconds_per_word: float = 0.05, sample_rate: int = 16000) -> None:
+        super().__init__(capabilities=tts.TTSCapabilities(streaming=False), sample_rate=sample_rate, num_channels=1)
+        self.ttfb_s, self.seconds_per_word = ttfb_s, seconds_per_word
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.ChunkedStream:
+        return _ToneStream(tts=self, input_text=text, conn_options=conn_options)
+
+
+class _ToneStream(tts.ChunkedStream):
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        t: FixedDelayTTS = self._tts  # type: ignore[assignment]
+        output_emitter.initialize(request_id=uuid.uuid4().hex, sample_rate=t.sample_rate, num_channels=1,
+                                  mime_type="audio/pcm")  # fmt: skip
+        await asyncio.sleep(t.ttfb_s)
+        n = max(1, int(len(self._input_text.split()) * t.seconds_per_word * t.sample_rate))
+        tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / t.sample_rate) * 32767).astype(np.int16)
+        output_emitter.push(tone.tobytes())
+        output_emitter.flush()
