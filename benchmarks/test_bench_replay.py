@@ -1,0 +1,115 @@
+"""Replay harness costs: overhead per text turn over calling the strategy directly, text throughput,
+and whether concurrent real-time voice sessions disturb each other's voice-to-voice latency.
+
+    .venv/bin/pytest benchmarks/test_bench_replay.py --benchmark-only -s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
+
+from test_replay_text import make_dataset, scripted_stack
+from test_replay_voice import fake_speech_stack, voice_dataset
+
+from workbench.replay import Suite, arun, load_run
+from workbench.replay.text import replay_text
+from workbench.testing.fakes import FixedDelaySTT
+from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
+
+TURNS = 12
+
+
+@pytest.fixture(scope="module")
+def instant_endpoint():
+    with ScriptedEndpoint(Script(text="Sure.")) as ep:
+        yield ep
+
+
+def test_harness_overhead_per_text_turn(benchmark, instant_endpoint, tmp_path: Path) -> None:
+    """Median per-turn time through the room-less AgentSession minus calling the strategy directly."""
+    from livekit.agents import llm
+
+    from workbench.replay.dataset import load_dataset
+    from workbench.strategies import build
+
+    ds = load_dataset(make_dataset(tmp_path / "ds", conversations=1, turns=TURNS))
+    conv = ds.conversations[0]
+    direct, harness = [], []
+
+    async def measure() -> None:
+        stack = scripted_stack(instant_endpoint, tmp_path)
+        strategy = build("plain", stack)
+        for _ in range(5):  # interleaved, side by side
+            ctx = llm.ChatContext()
+            ctx.add_message(role="system", content="You are Diana.")
+            t0 = time.perf_counter()
+            for turn in conv.turns:
+                ctx.add_message(role="user", content=turn.user)
+                async with strategy.chat(chat_ctx=ctx) as stream:
+                    text = "".join([c.delta.content or "" async for c in stream if c.delta])
+                ctx.add_message(role="assistant", content=text)
+            direct.append((time.perf_counter() - t0) / TURNS)
+            rows: list[dict] = []
+            t0 = time.perf_counter()
+            await replay_text(stack, strategy, conv, emit=rows.append)
+            harness.append((time.perf_counter() - t0 - 0.02) / TURNS)  # minus the fixed settle pause per session
+        await strategy.aclose()
+
+    benchmark.pedantic(lambda: asyncio.run(measure()), rounds=1, iterations=1)
+    d, h = statistics.median(direct), statistics.median(harness)
+    benchmark.extra_info.update(direct_ms=d * 1000, harness_ms=h * 1000, overhead_ms=(h - d) * 1000)
+    print(f"\nper text turn: direct {d * 1000:.2f} ms, harness {h * 1000:.2f} ms, overhead {(h - d) * 1000:.2f} ms")
+
+
+def test_text_throughput_at_concurrency_16(benchmark, instant_endpoint, tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "ds", conversations=64, turns=4)
+    result = {}
+
+    async def go() -> None:
+        stack = scripted_stack(instant_endpoint, tmp_path)
+        t0 = time.perf_counter()
+        res = await arun(Suite(dataset=ds, concurrency=16), runs_dir=tmp_path / "runs", stack=stack, progress=False)
+        result["s"] = time.perf_counter() - t0
+        result["rows"] = len(load_run(res.path))
+
+    benchmark.pedantic(lambda: asyncio.run(go()), rounds=1, iterations=1)
+    rate = result["rows"] / result["s"]
+    benchmark.extra_info.update(turns=result["rows"], turns_per_s=rate)
+    print(f"\ntext throughput at concurrency 16: {rate:.0f} turns/s ({result['rows']} turns)")
+
+
+def test_voice_concurrency_keeps_voice_to_voice(benchmark, tmp_path: Path) -> None:
+    """4 concurrent real-time sessions with light components vs one: median voice-to-voice, side by side."""
+    medians = {}
+
+    async def go(n: int) -> float:
+        root = tmp_path / f"v{n}"
+        ds = voice_dataset(root / "ds", turns=3)
+        lines = (ds / "conversations.jsonl").read_text().strip()
+        (ds / "conversations.jsonl").write_text(
+            "\n".join(lines.replace('"id": "c0"', f'"id": "c{i}"') for i in range(n)) + "\n"
+        )
+        stt = FixedDelaySTT(delay_s=0.1, text="question")
+        with ScriptedEndpoint(Script(ttft_s=0.15, text="Sure, we open at eight.")) as ep:
+            suite = Suite(dataset=ds, mode="voice")
+            suite.voice.concurrency = n
+            res = await arun(suite, runs_dir=root / "runs", stack=fake_speech_stack(ep, root, stt), progress=False)
+        return float(load_run(res.path)["v2v_s"].median())
+
+    def both() -> None:
+        medians[1] = asyncio.run(go(1))
+        medians[4] = asyncio.run(go(4))
+
+    benchmark.pedantic(both, rounds=1, iterations=1)
+    ratio = medians[4] / medians[1]
+    benchmark.extra_info.update(v2v_1_ms=medians[1] * 1000, v2v_4_ms=medians[4] * 1000, ratio=ratio)
+    print(f"\nvoice-to-voice median: 1 session {medians[1] * 1000:.0f} ms, 4 sessions {medians[4] * 1000:.0f} ms,"
+          f" ratio {ratio:.3f}")  # fmt: skip
