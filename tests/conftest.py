@@ -26,9 +26,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _server_processes() -> list[psutil.Process]:
     found = []
-    for p in psutil.process_iter(["cmdline"]):
+    for p in psutil.process_iter(["cmdline", "ppid"]):
         try:
-            if SERVER_MARK in " ".join(p.info["cmdline"] or []):
+            # only this session's children: other test sessions on the machine start servers too
+            if p.info["ppid"] == os.getpid() and SERVER_MARK in " ".join(p.info["cmdline"] or []):
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass

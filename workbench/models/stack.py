@@ -8,6 +8,7 @@ and one copy of each model, and ``close()`` releases all of it.
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,8 @@ class ModelStack:
         self._lock = threading.RLock()
         self._servers: dict[str, LocalLLMServer] = {}
         self._cache: dict[str, Any] = {}
+        self._clients: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+        self._sync_clients: dict[str, Any] = {}
 
     # -- LLM endpoints -------------------------------------------------------------
     def endpoint(self, name: str | None = None) -> ResolvedEndpoint:
@@ -64,20 +67,21 @@ class ModelStack:
     def http_client(self, endpoint: ResolvedEndpoint) -> Any:
         """One pooled OpenAI client per endpoint and event loop, shared by every LLM built on it.
 
-        Keyed by loop because pooled connections belong to the loop that opened them.
+        Keyed by the loop object (weakly) because pooled connections belong to the loop that opened them.
         """
         import asyncio
 
         import openai
+        import openai.resources  # the SDK imports it lazily on first use: 0.5 s inside a turn
 
         try:
-            loop_id = id(asyncio.get_running_loop())
+            loop: Any = asyncio.get_running_loop()
         except RuntimeError:
-            loop_id = 0
+            loop = None
         with self._lock:
-            key = f"client:{endpoint.name}:{loop_id}"
-            if key not in self._cache:
-                self._cache[key] = openai.AsyncClient(
+            per_loop = self._clients.setdefault(loop, {}) if loop is not None else self._sync_clients
+            if endpoint.name not in per_loop:
+                per_loop[endpoint.name] = openai.AsyncClient(
                     base_url=endpoint.base_url,
                     api_key=endpoint.config.api_key(),
                     max_retries=0,
@@ -86,7 +90,7 @@ class ModelStack:
                         limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
                     ),
                 )
-            return self._cache[key]
+            return per_loop[endpoint.name]
 
     def llm(self, name: str | None = None) -> lk_openai.LLM:
         """``livekit.plugins.openai.LLM`` on the endpoint: how every strategy reaches a model."""

@@ -1,0 +1,323 @@
+"""The scripted OpenAI-compatible endpoint, driven by the real ``openai`` client and LiveKit's OpenAI plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import statistics
+import time
+
+import httpx
+import openai
+import openai.resources
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from livekit.agents import llm
+from livekit.plugins import openai as lk_openai
+
+from workbench.testing import Script, ScriptedEndpoint, ToolCall, closed_port_url, split_tokens
+
+MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "When do you open?"}]
+
+
+@pytest.fixture
+async def ep():
+    async with ScriptedEndpoint() as server:
+        yield server
+
+
+@pytest.fixture
+async def client(ep: ScriptedEndpoint):
+    c = openai.AsyncClient(base_url=ep.base_url, api_key="sk-test", max_retries=0)
+    yield c
+    await c.close()
+
+
+async def _stream(client: openai.AsyncClient, **kw) -> tuple[list[str], list[float], list, float]:
+    """Deltas, their arrival times, usage chunks, and the request start time."""
+    t0 = time.perf_counter()
+    stream = await client.chat.completions.create(model="m", messages=MSGS, stream=True, **kw)
+    deltas, times, usages = [], [], []
+    async for chunk in stream:
+        if chunk.usage is not None:
+            usages.append(chunk.usage)
+        if chunk.choices and chunk.choices[0].delta.content:
+            deltas.append(chunk.choices[0].delta.content)
+            times.append(time.perf_counter())
+    return deltas, times, usages, t0
+
+
+async def test_streams_scripted_tokens_in_order_with_usage(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
+    ep.push(Script(text="We open at eight.", usage={"prompt_tokens": 21, "completion_tokens": 5}))
+    deltas, _, usages, _ = await _stream(client, stream_options={"include_usage": True})
+    assert deltas == ["We", " open", " at", " eight."]
+    assert len(usages) == 1
+    assert (usages[0].prompt_tokens, usages[0].completion_tokens, usages[0].total_tokens) == (21, 5, 26)
+    (rec,) = ep.chat_requests
+    assert rec.completed and not rec.disconnected and rec.status == 200
+    assert rec.tokens_sent == deltas
+    assert rec.messages == MSGS and rec.user_text == "When do you open?"
+    assert rec.headers["Authorization"] == "Bearer sk-test"
+
+
+async def test_usage_only_when_asked_and_counted_by_default(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
+    _, _, usages, _ = await _stream(client)
+    assert usages == []
+    deltas, _, usages, _ = await _stream(client, stream_options={"include_usage": True})
+    # default usage: words in the prompt, tokens actually sent
+    assert (usages[0].prompt_tokens, usages[0].completion_tokens) == (6, len(deltas))
+
+
+async def test_default_answer_echoes_the_user(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
+    deltas, _, _, _ = await _stream(client)
+    assert "".join(deltas) == "You said: When do you open?"
+
+
+async def test_queue_then_default_then_callable(client: openai.AsyncClient) -> None:
+    seen: list[dict] = []
+
+    def by_request(body: dict) -> Script:
+        seen.append(body)
+        return Script(text=f"{len(body['messages'])} messages")
+
+    async with ScriptedEndpoint(by_request) as server:
+        c = openai.AsyncClient(base_url=server.base_url, api_key="k", max_retries=0)
+        server.push(Script(text="first"), Script(text="second"))
+        answers = []
+        for _ in range(3):
+            deltas, _, _, _ = await _stream(c)
+            answers.append("".join(deltas))
+        await c.close()
+    assert answers == ["first", "second", "2 messages"]
+    assert seen[0]["messages"] == MSGS and seen[0]["stream"] is True
+
+
+async def test_ttft_and_gaps_are_deadline_accurate(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
+    """Tokens are scheduled from arrival, never early, and a late one does not delay the rest (no drift).
+
+    Tolerances allow for two noisy shared cores: median within 3 ms, any token within 10 ms.
+    """
+    await _stream(client)  # open the keep-alive connection
+    client_ttfc, errors = [], []
+    for _ in range(3):
+        ep.push(Script(text="a b c d e f", ttft_s=0.05, gap_s=0.02))
+        _, times, _, t0 = await _stream(client)
+        client_ttfc.append(times[0] - t0)
+        rec = ep.chat_requests[-1]
+        expected = [0.05 + i * 0.02 for i in range(6)]
+        errors += [t - rec.arrived - e for t, e in zip(rec.token_times, expected, strict=True)]
+    assert min(errors) >= 0 and max(errors) < 0.010 and statistics.median(errors) < 0.003, errors
+    assert 0.05 <= statistics.median(client_ttfc) < 0.06, client_ttfc
+
+
+async def test_non_streaming_answer(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
+    ep.push(Script(text="Eight to six.", ttft_s=0.02))
+    t0 = time.perf_counter()
+    r = await client.chat.completions.create(model="m", messages=MSGS)
+    assert time.perf_counter() - t0 >= 0.02
+    assert r.choices[0].message.content == "Eight to six."
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage is not None and r.usage.completion_tokens == 3
+
+
+async def test_models_list(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
+    models = await client.models.list()
+    assert [m.id for m in models.data] == ["scripted-model"]
+
+
+async def test_rejects_a_body_without_messages(ep: ScriptedEndpoint) -> None:
+    async with httpx.AsyncClient() as h:
+        r = await h.post(f"{ep.base_url}/chat/completions", content=b"not json")
+    assert r.status_code == 400
+    assert ep.chat_requests[0].body is None
+
+
+async def test_http_500(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
+    ep.push(Script(fault="http_500", ttft_s=0.02))
+    t0 = time.perf_counter()
+    with pytest.raises(openai.InternalServerError):
+        await _stream(client)
+    assert time.perf_counter() - t0 >= 0.02
+    assert ep.chat_requests[0].status == 500
+
+
+async def test_http_429_with_retry_after(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
+    ep.push(Script(fault="http_429", retry_after_s=3))
+    with pytest.raises(openai.RateLimitError) as info:
+        await _stream(client)
+    assert info.value.response.headers["Retry-After"] == "3"
+
+
+async def test_refuse_drops_the_connection_without_a_response(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
+    ep.push(Script(fault="refuse"))
+    with pytest.raises(openai.APIConnectionError) as info:
+        await _stream(client)
+    assert isinstance(info.value.__cause__, httpx.RemoteProtocolError)
+    rec = ep.chat_requests[0]
+    assert await rec.wait_done()
+    assert rec.status is None and not rec.disconnected  # the server hung up, not the client
+
+
+async def test_closed_port_is_refused() -> None:
+    c = openai.AsyncClient(base_url=closed_port_url(), api_key="k", max_retries=0)
+    with pytest.raises(openai.APIConnectionError) as info:
+        await c.models.list()
+    assert isinstance(info.value.__cause__, httpx.ConnectError)
+    await c.close()
+
+
+async def test_hang_is_seen_as_a_client_disconnect(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
+    ep.push(Script(fault="hang"))
+    t0 = time.perf_counter()
+    with pytest.raises(openai.APITimeoutError):
+        await client.chat.completions.create(model="m", messages=MSGS, stream=True, timeout=0.1)
+    gave_up = time.perf_counter()
+    rec = ep.chat_requests[0]
+    assert await rec.wait_done(1.0)
+    assert rec.disconnected and rec.status is None and rec.token_times == []
+    assert rec.disconnected_at is not None and 0 <= rec.disconnected_at - gave_up < 0.1
+    assert gave_up - t0 >= 0.1
+
+
+async def test_cut_after_n_tokens(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
+    ep.push(Script(fault="cut", after=2, text="one two three four"))
+    got: list[str] = []
+    stream = await client.chat.completions.create(model="m", messages=MSGS, stream=True)
+    with pytest.raises(httpx.RemoteProtocolError):
+        async for chunk in stream:
+            got.append(chunk.choices[0].delta.content)
+    assert got == ["one", " two"]
+    rec = ep.chat_requests[0]
+    assert await rec.wait_done()
+    assert not rec.completed and not rec.disconnected and rec.tokens_sent == ["one", " two"]
+
+
+async def test_malformed_event_after_n_tokens(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
+    ep.push(Script(fault="malformed", after=1, text="one two"))
+    got: list[str] = []
+    stream = await client.chat.completions.create(model="m", messages=MSGS, stream=True)
+    with pytest.raises(json.JSONDecodeError):
+        async for chunk in stream:
+            got.append(chunk.choices[0].delta.content)
+    assert got == ["one"]
+
+
+async def test_trickle_spaces_tokens(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
+    ep.push(Script(fault="trickle", trickle_gap_s=0.1, text="slow as honey"))
+    deltas, times, _, _ = await _stream(client)
+    assert deltas == ["slow", " as", " honey"]
+    assert all(0.09 <= b - a < 0.13 for a, b in itertools.pairwise(times)), times
+
+
+async def test_script_validation() -> None:
+    with pytest.raises(ValueError, match="unknown fault"):
+        Script(fault="explode")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Script(ttft_s=-1)
+
+
+async def test_tool_call_chunks_in_openai_format(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
+    ep.push(Script(tool_calls=[ToolCall("book", {"day": "Monday", "time": "9:00"}, id="call_1", pieces=3)]))
+    stream = await client.chat.completions.create(model="m", messages=MSGS, stream=True)
+    name, args, ids, finish = None, "", [], None
+    n_arg_chunks = 0
+    async for chunk in stream:
+        choice = chunk.choices[0]
+        finish = choice.finish_reason or finish
+        for tc in choice.delta.tool_calls or []:
+            ids += [tc.id] if tc.id else []
+            name = name or (tc.function.name if tc.function else None)
+            if tc.function and tc.function.arguments:
+                args += tc.function.arguments
+                n_arg_chunks += 1
+    assert (name, ids, finish) == ("book", ["call_1"], "tool_calls")
+    assert json.loads(args) == {"day": "Monday", "time": "9:00"} and n_arg_chunks == 3
+
+
+async def test_livekit_plugin_text_usage_and_tool_call(ep: ScriptedEndpoint) -> None:
+    lm = lk_openai.LLM(model="scripted-model", base_url=ep.base_url, api_key="sk-test")
+    ctx = llm.ChatContext()
+    ctx.add_message(role="user", content="Book me in on Monday.")
+    ep.push(
+        Script(
+            text="Booking now.",
+            usage={"prompt_tokens": 9, "completion_tokens": 2},
+            tool_calls=[ToolCall("book", {"day": "Monday"}, id="call_7")],
+        )
+    )
+    text, calls, usage = "", [], None
+    async with lm.chat(chat_ctx=ctx) as stream:
+        async for chunk in stream:
+            if chunk.delta:
+                text += chunk.delta.content or ""
+                calls += chunk.delta.tool_calls
+            usage = chunk.usage or usage
+    await lm.aclose()
+    assert text == "Booking now."
+    assert [(c.name, json.loads(c.arguments), c.call_id) for c in calls] == [("book", {"day": "Monday"}, "call_7")]
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (9, 2, 11)
+    assert ep.chat_requests[0].body["stream_options"] == {"include_usage": True}
+
+
+async def test_client_disconnect_mid_answer_is_recorded_promptly(ep: ScriptedEndpoint) -> None:
+    lm = lk_openai.LLM(model="scripted-model", base_url=ep.base_url, api_key="k")
+    ctx = llm.ChatContext()
+    ctx.add_message(role="user", content="Tell me everything.")
+    ep.push(Script(text=" ".join(["word"] * 50), gap_s=0.02))
+    stream = lm.chat(chat_ctx=ctx)
+    got = 0
+    async for chunk in stream:
+        got += 1 if chunk.delta and chunk.delta.content else 0
+        if got == 3:
+            break
+    closed = time.perf_counter()
+    await stream.aclose()
+    rec = ep.chat_requests[0]
+    assert await rec.wait_done(1.0)
+    assert rec.disconnected and not rec.completed
+    assert rec.disconnected_at is not None and rec.disconnected_at - closed < 0.1
+    assert 3 <= len(rec.tokens_sent) < 10
+    await lm.aclose()
+    assert ep.active_requests == 0
+
+
+async def test_stop_ends_hanging_requests_quickly(client: openai.AsyncClient) -> None:
+    server = await ScriptedEndpoint(Script(fault="hang")).start()
+    c = openai.AsyncClient(base_url=server.base_url, api_key="k", max_retries=0)
+    pending = asyncio.create_task(c.chat.completions.create(model="m", messages=MSGS, stream=True))
+    await server.wait_for_requests(1)
+    t0 = time.perf_counter()
+    await server.stop()
+    assert time.perf_counter() - t0 < 0.5
+    with pytest.raises(openai.APIConnectionError):
+        await pending
+    assert not server.chat_requests[0].disconnected  # the server ended it, not the client
+    await c.close()
+
+
+def test_background_thread_mode_for_sync_code() -> None:
+    with ScriptedEndpoint(Script(text="From a thread.", ttft_s=0.01)) as server:
+        with httpx.Client() as h:
+            body = {"model": "m", "messages": MSGS, "stream": True}
+            with h.stream("POST", f"{server.base_url}/chat/completions", json=body) as r:
+                events = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        content = "".join(
+            json.loads(e[6:])["choices"][0]["delta"].get("content") or ""
+            for e in events[:-1]
+            if json.loads(e[6:])["choices"]
+        )
+        assert content == "From a thread."
+        assert server.chat_requests[0].completed
+    assert server.port is not None
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.base_url}/models")  # stopped: nothing listens any more
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab .\n\t")), max_size=40))
+def test_split_tokens_round_trips(text: str) -> None:
+    tokens = split_tokens(text)
+    assert "".join(tokens) == text
+    assert all(t.strip() or t is tokens[-1] for t in tokens)  # only a trailing token may be pure whitespace
