@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 serve_app = typer.Typer(help="Run workbench-managed services in the foreground.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
-console = Console()
+console = Console() if sys.stdout.isatty() else Console(width=160)  # CI logs: no wrapped tables
 
 ConfigOpt = Annotated[
     Path | None,
@@ -37,6 +37,62 @@ def _config(path: Path | None):
     except ConfigError as e:
         console.print(f"[red]config error:[/red] {e}")
         raise typer.Exit(2) from e
+
+
+def print_frame(df, title: str | None = None) -> None:
+    """A DataFrame as a rich table (floats to 3 significant places, NaN as blank)."""
+    table = Table(title=title)
+    for col in df.columns:
+        table.add_column(str(col), justify="right" if df[col].dtype.kind in "fi" else "left")
+    for row in df.itertuples(index=False):
+        cells = []
+        for v in row:
+            if isinstance(v, float):
+                cells.append("" if v != v else f"{v:.3g}")
+            else:
+                cells.append(str(v))
+        table.add_row(*cells)
+    console.print(table)
+
+
+@app.command()
+def strategies() -> None:
+    """List the registered strategies (built-in and your own) with what each does."""
+    from workbench.strategies import available
+
+    table = Table("strategy", "what it does")
+    for name, doc in available().items():
+        table.add_row(name, doc)
+    console.print(table)
+
+
+@app.command("run")
+def run_suite(
+    suite: Annotated[Path | None, typer.Argument(help="Suite YAML (dataset, strategies, mode, repetitions).")] = None,
+    resume: Annotated[str | None, typer.Option(help="Finish an interrupted run (its id or folder).")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Name the run folder (default: time-name-random).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Replay a suite's conversations through each strategy; rows land in runs/<run-id>/ as each turn finishes."""
+    from workbench.analysis.summary import run_summary
+    from workbench.replay import load_run, run
+    from workbench.replay.store import RunLockedError
+
+    if suite is None and resume is None:
+        console.print("[red]give a SUITE.yaml, or --resume RUN_ID[/red]")
+        raise typer.Exit(2)
+    try:
+        result = run(suite, resume=resume, run_id=run_id, runs_dir=runs_dir, progress=not quiet)
+    except (RunLockedError, FileNotFoundError, ConfigError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: finished turns are saved; continue with --resume[/yellow]")
+        raise typer.Exit(130) from None
+    df = load_run(result.path)
+    print_frame(run_summary(df), title=f"run {result.run_id}: {len(df)} turns ({result.skipped} reused)")
+    console.print(f"rows: {result.path}  (load with workbench.load_run({result.run_id!r}))")
 
 
 @app.command()
@@ -95,6 +151,186 @@ def serve_llm(
     finally:
         server.stop()
         console.print("stopped")
+
+
+@app.command("promote")
+def promote_cmd(
+    run: Annotated[str, typer.Argument(help="Run id (a folder under --runs-dir) or a run folder.")],
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help="Strategy name as configured in the run's suite.")],
+    suite: Annotated[
+        Path | None, typer.Option(help="Suite YAML whose gates to check (default: the suite stored in the run).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote despite failing or missing evidence (recorded in the file).")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Promoted file to write.")] = Path("worker/promoted.yaml"),
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders are.")] = Path("runs"),
+) -> None:
+    """Check a strategy's gates in a run and write worker/promoted.yaml (strategy config + evidence) for the worker.
+
+    Refuses (exit 1) when a gate fails or the run holds no evidence for it; --force overrides and says so in the file.
+    """
+    from workbench.promote import GateSpecError, PromotionRefused, promote
+
+    def gate_table(gates) -> Table:
+        table = Table("gate", "value", "bound", "n", "result", title=f"gates for {strategy}")
+        for g in gates:
+            value = "-" if g.value is None else f"{g.value:.4g}"
+            verdict = "[green]pass[/green]" if g.passed else "[red]fail[/red]"
+            if g.missing:
+                verdict = "[yellow]no evidence[/yellow]"
+            table.add_row(g.name, value, f"{g.op} {g.bound:g}", str(g.n), verdict)
+        return table
+
+    try:
+        result = promote(run, strategy, suite_path=suite, force=force, out=out, runs_dir=runs_dir)
+    except PromotionRefused as e:
+        if e.gates:
+            console.print(gate_table(e.gates))
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from e
+    except (FileNotFoundError, KeyError, GateSpecError) as e:
+        console.print(f"[red]{e.args[0] if isinstance(e, KeyError) else e}[/red]")
+        raise typer.Exit(2) from e
+    if result.gates:
+        console.print(gate_table(result.gates))
+    if result.forced:
+        console.print("[yellow]FORCED: " + "; ".join(result.problems) + "[/yellow]")
+    console.print(f"promoted [bold]{strategy}[/bold] from run {result.promoted.evidence['run_id']} -> {result.path}")
+    console.print("serve it with: python -m workbench.worker start  (see docs/worker.md)")
+
+
+@app.command("validate")
+def validate_cmd(
+    path: Annotated[Path, typer.Argument(help="Dataset folder (knowledge/, conversations.jsonl, audio/).")],
+    no_audio: Annotated[bool, typer.Option("--no-audio", help="Skip opening audio headers.")] = False,
+) -> None:
+    """Check a dataset: every problem with file, line and field; exits 1 when there is any."""
+    from rich.markup import escape
+
+    from workbench.replay.dataset import load_dataset, validate_dataset
+
+    problems = validate_dataset(path, check_audio=not no_audio)
+    if not problems:
+        ds = load_dataset(path)
+        turns = sum(len(c.turns) for c in ds.conversations)
+        audio = sum(len(t.audio_variants()) for c in ds.conversations for t in c.turns)
+        variants = ", ".join(sorted(ds.variants())) or "none"
+        console.print(
+            f"[green]OK[/green] {path}: {len(ds.conversations)} conversations, {turns} turns, "
+            f"{audio} audio files (variants: {variants})"
+        )
+        return
+    table = Table(title=f"{len(problems)} problem(s) in {path}")
+    for col in ("file", "line", "field", "problem"):
+        table.add_column(col, overflow="fold")
+    for p in problems:
+        table.add_row(escape(p.file), str(p.line or ""), escape(p.field or ""), escape(p.message))
+    console.print(table)
+    raise typer.Exit(1)
+
+
+@app.command("import-session")
+def import_session_cmd(
+    report: Annotated[Path, typer.Argument(help="LiveKit session report JSON (SessionReport.to_dict()).")],
+    audio: Annotated[Path | None, typer.Option("--audio", help="The session recording (OGG/WAV/...).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Dataset folder to append to.")] = Path("datasets/imported"),
+    conversation_id: Annotated[str | None, typer.Option("--id", help="Conversation id (default: the room).")] = None,
+    channel: Annotated[
+        int | None, typer.Option("--channel", help="User channel of the recording (default 0 if stereo).")
+    ] = None,
+) -> None:
+    """Append a recorded LiveKit session to a dataset as one conversation (user turns + their audio)."""
+    from rich.markup import escape
+
+    from workbench.replay.audio import AudioLoadError
+    from workbench.replay.importer import SessionImportError, import_session
+
+    try:
+        result = import_session(report, audio=audio, out=out, conversation_id=conversation_id, channel=channel)
+    except (SessionImportError, AudioLoadError) as e:
+        console.print(f"[red]import failed:[/red] {escape(str(e))}")
+        raise typer.Exit(2) from e
+    conv = result.conversation
+    console.print(
+        f"appended [bold]{conv.id}[/bold] ({len(conv.turns)} turns, {len(result.audio_files)} audio files) "
+        f"to {result.dataset / 'conversations.jsonl'}"
+    )
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")
+
+
+@app.command("score")
+def score_cmd(
+    run: Annotated[str, typer.Argument(help="Run id (under runs/) or run folder.")],
+    judge_endpoint: Annotated[
+        str | None, typer.Option(help="Config endpoint that judges (adds ragas LLM metrics and LiveKit judges).")
+    ] = None,
+    scorers: Annotated[str | None, typer.Option(help="Comma-separated scorers (default: all).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders are.")] = Path("runs"),
+    config: ConfigOpt = None,
+) -> None:
+    """Score a run's turns and store the columns beside it (runs/<id>/scores.parquet); re-scoring replaces."""
+    from rich.markup import escape
+
+    from workbench.scoring.base import available_scorers
+    from workbench.scoring.persist import score_run_folder
+
+    names = [n.strip() for n in scorers.split(",")] if scorers else None
+    if names:
+        unknown = [n for n in names if n not in available_scorers()]
+        if unknown:
+            console.print(f"[red]unknown scorer(s): {', '.join(unknown)}[/red]; have: {', '.join(available_scorers())}")
+            raise typer.Exit(2)
+    _config(config)  # a bad config file fails here, with its name
+    try:
+        with console.status("scoring..."):
+            path, scoring = score_run_folder(run, names, judge_endpoint, config_path=config, runs_dir=runs_dir)
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+        console.print(f"[red]cannot score:[/red] {escape(str(e))}")
+        raise typer.Exit(2) from e
+    table = Table(title=f"scores for {path.name}")
+    for col in ("scorer", "status", "columns", "seconds", "note"):
+        table.add_column(col)
+    colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
+    for o in scoring["scorers"]:
+        c = colour.get(o["status"], "white")
+        table.add_row(o["name"], f"[{c}]{o['status']}[/{c}]", ", ".join(o["columns"]) or "-",
+                      f"{o['seconds']:.1f}", escape(o.get("reason") or ""))  # fmt: skip
+    console.print(table)
+    if scoring.get("judge"):
+        j = scoring["judge"]
+        console.print(f"judge {j['model']}: {j['cache_hits']} cached answers, {j['cache_misses']} calls made")
+    console.print(f"stored: {path / 'scores.parquet'}")
+    if any(o["status"] == "failed" for o in scoring["scorers"]):
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report_cmd(
+    run: Annotated[str, typer.Argument(help="Run id (under runs/) or run folder.")],
+    vs: Annotated[str | None, typer.Option("--vs", help="Another run to compare with, paired turn by turn.")] = None,
+    out: Annotated[Path | None, typer.Option(help="HTML file to write (default: runs/<id>/report.html).")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Baseline strategy (default: the suite's, else plain).")] = None,
+    objective: Annotated[
+        str | None, typer.Option(help="Ranking: QUALITY[@LATENCY[:pNN]][<=BUDGET], e.g. fact_recall@v2v_s:p90<=1.5")
+    ] = None,
+    pass_threshold: Annotated[float, typer.Option(help="Fact recall a turn needs to pass.")] = 1.0,
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders are.")] = Path("runs"),
+) -> None:
+    """Write a self-contained HTML report: leaderboard, latency, quality, paired tests, worst turns with audio."""
+    from rich.markup import escape
+
+    from workbench.analysis.report import build_report
+
+    try:
+        with console.status("building the report..."):
+            path = build_report(run, vs=vs, out=out, runs_dir=runs_dir, baseline=baseline, objective=objective,
+                                pass_threshold=pass_threshold)  # fmt: skip
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        console.print(f"[red]cannot report:[/red] {escape(str(e))}")
+        raise typer.Exit(2) from e
+    console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def main() -> None:  # pragma: no cover
