@@ -1,13 +1,20 @@
 """Factories for the voice agent, shared by the replay harness and the production worker.
 
-Both build their ``Agent`` and ``AgentSession`` here, so what was measured is what ships.
+Both build their ``Agent`` and ``AgentSession`` here, so what was measured is what ships,
+including the text clean-up the caller hears (markdown off, words made speakable).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import Any, Literal
 
+from livekit import rtc
 from livekit.agents import Agent, AgentSession, llm
+from livekit.agents.voice import ModelSettings
+from livekit.agents.voice.transcription.filters import filter_emoji, filter_markdown
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workbench.models import ModelStack
 
@@ -16,16 +23,182 @@ DEFAULT_INSTRUCTIONS = (
     "Answer in one or two short spoken sentences, without lists or markdown."
 )
 
+DEFAULT_REPLACEMENTS: dict[str, str] = {
+    "Dr.": "Doctor",
+    "St.": "Street",
+    "Ave.": "Avenue",
+    "DianaChat": "Diana Chat",
+}
+"""What the clinic demo needs spoken differently; a suite or promoted file can replace the whole map."""
+
+TextTransform = Callable[[AsyncIterable[str]], AsyncIterable[str]]
+
+
+class SpeechTextConfig(BaseModel):
+    """Text clean-up between the LLM and TTS (0.x ``before_tts_cb``); never changes the transcript."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replacements: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_REPLACEMENTS))
+    strip_markdown: bool = True  # livekit's own streaming filter_markdown
+    strip_emoji: bool = True  # livekit's own filter_emoji
+
+    @field_validator("replacements")
+    @classmethod
+    def _no_blank_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        blank = [k for k in v if not k.strip()]
+        if blank:
+            raise ValueError("replacement keys must be non-blank words (got an empty or whitespace key)")
+        lowered: dict[str, str] = {}
+        for k in v:
+            if k.lower() in lowered:
+                raise ValueError(f"replacement keys {lowered[k.lower()]!r} and {k!r} differ only in case")
+            lowered[k.lower()] = k
+        return v
+
+
+class WordReplacer:
+    """Case-insensitive whole-word replacement over a text stream, holding back only what could still match.
+
+    A key split across chunks ("D" + "r. Smith") is still replaced, and a key that is a prefix of a
+    longer word ("Dr" in "Dry") is not, so at most a key's length of text waits for the next chunk.
+    Keys may contain punctuation or spaces ("Dr.", "St. Mary's"); overlapping keys prefer the longest.
+    """
+
+    _WORD = re.compile(r"\w")
+
+    def __init__(self, replacements: Mapping[str, str]) -> None:
+        keys = sorted(replacements, key=len, reverse=True)
+        self._lookup = {k.lower(): v for k, v in replacements.items()}
+        self._pattern = (
+            re.compile(r"(?<!\w)(?:" + "|".join(re.escape(k) for k in keys) + r")(?!\w)", re.IGNORECASE)
+            if keys
+            else None
+        )
+        self._prefixes = {k.lower()[:n] for k in keys for n in range(1, len(k) + 1)}
+        self._max_len = max((len(k) for k in keys), default=0)
+        self._raw = ""  # held-back input, not yet substituted
+        self._prev = ""  # last character already emitted (the lookbehind of the held text)
+
+    def _sub(self, text: str, start: int, end: int) -> tuple[str, int]:
+        """Substitute matches of ``text[start:]`` that end by ``end``; return the output and the real cut."""
+        assert self._pattern is not None
+        out: list[str] = []
+        pos = start
+        for m in self._pattern.finditer(text, start):
+            if m.start() >= end:
+                break
+            end = max(end, m.end())  # a confirmed match straddling the cut is emitted whole
+            out.append(text[pos : m.start()])
+            out.append(self._lookup.get(m.group(0).lower(), m.group(0)))
+            pos = m.end()
+        out.append(text[pos:end])
+        return "".join(out), end
+
+    def _hold_from(self, text: str, start: int) -> int:
+        """Earliest index from which ``text`` could still grow into a key (or end on one awaiting its boundary)."""
+        for i in range(max(start, len(text) - self._max_len), len(text)):
+            before = text[i - 1] if i > 0 else ""
+            if before and self._WORD.match(before):
+                continue  # a key cannot start inside a word
+            if text[i:].lower() in self._prefixes:
+                return i
+        return len(text)
+
+    def feed(self, chunk: str) -> str:
+        """Take the next chunk; return the text that is now final (possibly empty)."""
+        if self._pattern is None:
+            return chunk
+        text = self._prev + self._raw + chunk
+        start = len(self._prev)
+        out, cut = self._sub(text, start, self._hold_from(text, start))
+        if cut > start:
+            self._prev = text[cut - 1]
+        self._raw = text[cut:]
+        return out
+
+    def flush(self) -> str:
+        """End of the stream: whatever is held back is now final."""
+        if self._pattern is None or not self._raw:
+            return ""
+        text = self._prev + self._raw
+        out, _ = self._sub(text, len(self._prev), len(text))
+        self._raw, self._prev = "", text[-1]
+        return out
+
+
+def replace_words(replacements: Mapping[str, str]) -> TextTransform:
+    """A streaming text transform (livekit ``TextTransforms`` shape) for whole-word replacements.
+
+    livekit's own ``transcription.text_transforms.replace`` matches substrings ("St." inside
+    "first."), so it cannot be used for abbreviations; this one matches whole words only.
+    """
+
+    async def transform(text: AsyncIterable[str]) -> AsyncIterator[str]:
+        replacer = WordReplacer(replacements)
+        async for chunk in text:
+            if out := replacer.feed(chunk):
+                yield out
+        if out := replacer.flush():
+            yield out
+
+    return transform
+
+
+def speech_text_transform(config: SpeechTextConfig) -> TextTransform:
+    """Markdown and emoji filtering (livekit's streaming filters), then whole-word replacements.
+
+    Replacements run last so "**Dr.** Lee" becomes "Doctor Lee". Every stage streams: text
+    waits only as long as a pattern could still be incomplete, never for the whole answer.
+    """
+    stages: list[TextTransform] = []
+    if config.strip_markdown:
+        stages.append(filter_markdown)
+    if config.strip_emoji:
+        stages.append(filter_emoji)
+    if config.replacements:
+        stages.append(replace_words(config.replacements))
+
+    def transform(text: AsyncIterable[str]) -> AsyncIterable[str]:
+        stream = text
+        for stage in stages:
+            stream = stage(stream)
+        return stream
+
+    return transform
+
 
 class DianaAgent(Agent):
     """The agent every run and the worker use; text clean-up before TTS lives in ``tts_node``."""
 
-    def __init__(self, *, instructions: str = DEFAULT_INSTRUCTIONS, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        instructions: str = DEFAULT_INSTRUCTIONS,
+        speech_text: SpeechTextConfig | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(instructions=instructions, **kwargs)
+        self.speech_text = speech_text or SpeechTextConfig()
+        self._speech_transform = speech_text_transform(self.speech_text)
+
+    def tts_node(  # type: ignore[override]
+        self, text: AsyncIterable[str], model_settings: ModelSettings
+    ) -> AsyncIterable[rtc.AudioFrame]:
+        """The cleaned text stream goes to livekit's own ``tts_node`` (sentence streaming, metrics)."""
+        return Agent.default.tts_node(self, self._speech_transform(text), model_settings)
 
 
-def build_agent(*, instructions: str = DEFAULT_INSTRUCTIONS, **kwargs: Any) -> DianaAgent:
-    return DianaAgent(instructions=instructions, **kwargs)
+def build_agent(
+    *,
+    instructions: str = DEFAULT_INSTRUCTIONS,
+    speech_text: SpeechTextConfig | Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> DianaAgent:
+    """The agent, from the suite's (or promoted file's) instructions and speech-text settings."""
+    if speech_text is not None and not isinstance(speech_text, SpeechTextConfig):
+        speech_text = SpeechTextConfig.model_validate(dict(speech_text))
+    return DianaAgent(instructions=instructions, speech_text=speech_text, **kwargs)
 
 
 def build_session(
@@ -35,19 +208,27 @@ def build_session(
     mode: Literal["text", "voice"] = "text",
     tts_kind: str | None = None,
 ) -> AgentSession:
-    """An ``AgentSession`` with the strategy as its LLM; voice mode adds VAD, STT, TTS, turn detection."""
+    """An ``AgentSession`` with the strategy as its LLM; voice mode adds VAD, STT, TTS, turn detection.
+
+    ``tts_text_transforms=None``: the session's default markdown/emoji filters are off because
+    :class:`DianaAgent` applies them itself (once, with the replacements, and switchable).
+    """
     if mode == "text":
-        return AgentSession(llm=strategy, preemptive_generation=False)
+        return AgentSession(
+            llm=strategy, turn_handling={"preemptive_generation": {"enabled": False}}, tts_text_transforms=None
+        )
     cfg = stack.config.turn
     return AgentSession(
         vad=stack.vad(),
         stt=stack.stt(),
         llm=strategy,
         tts=stack.tts(tts_kind),
-        turn_detection=stack.turn_detection(),
-        min_endpointing_delay=cfg.min_endpointing_delay,
-        max_endpointing_delay=cfg.max_endpointing_delay,
-        preemptive_generation=False,
+        turn_handling={
+            "turn_detection": stack.turn_detection(),
+            "endpointing": {"min_delay": cfg.min_endpointing_delay, "max_delay": cfg.max_endpointing_delay},
+            "preemptive_generation": {"enabled": False},
+        },
         aec_warmup_duration=None,
         user_away_timeout=None,
+        tts_text_transforms=None,
     )

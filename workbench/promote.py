@@ -1,0 +1,461 @@
+"""Promote a strategy that passed its suite's gates into ``worker/promoted.yaml``, evidence attached.
+
+The worker serves exactly what the file names, so the file also says *why*: the run, its dataset,
+its git commit, the metrics and every gate result. A strategy without passing evidence is refused;
+``--force`` overrides that and the override is written into the file for whoever reads it later.
+
+The gate evaluation here is deliberately small (threshold bounds on turn-table columns). It is
+passed in as a parameter (:class:`GateEvaluator`) so the eval module can replace it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PROMOTED_PATH = Path("worker/promoted.yaml")
+"""Default place of the promoted file (relative to the working directory, like ``runs/``)."""
+PROMOTED_FORMAT = 1
+
+
+# -- gates -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GateResult:
+    """One gate checked for one strategy. ``value is None`` means the run holds no evidence for it."""
+
+    name: str
+    strategy: str
+    passed: bool
+    value: float | None
+    bound: float
+    detail: str = ""
+    op: Literal["<=", ">="] = "<="
+    n: int = 0  # rows the value was computed from
+
+    @property
+    def missing(self) -> bool:
+        return self.value is None
+
+
+class GateEvaluator(Protocol):
+    """What ``promote`` needs from an eval module: gate results for every strategy in the run."""
+
+    def __call__(
+        self, run_df: pd.DataFrame, manifest: Mapping[str, Any], suite: Mapping[str, Any]
+    ) -> list[GateResult]: ...
+
+
+Stat = Literal["mean", "median", "p50", "p90", "p95", "p99", "min", "max"]
+_QUANTILES = {"median": 0.5, "p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+
+
+class GateSpec(BaseModel):
+    """One entry of a suite's ``gates:`` list, e.g. ``{metric: llm_ttfc_s, stat: p90, max: 1.5}``.
+
+    ``metric`` is a turn-table column (scores included) or ``error_rate`` (share of turns with an
+    ``error_kind``, recovered ones included: the caller heard an apology or a fallback).
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    metric: str
+    stat: Stat = "mean"
+    max_: float | None = Field(None, alias="max")
+    min_: float | None = Field(None, alias="min")
+    mode: Literal["text", "voice"] | None = None  # only rows of this mode
+    strategies: list[str] | None = None  # only these strategies (default: all in the run)
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> GateSpec:
+        if (self.max_ is None) == (self.min_ is None):
+            raise ValueError(f"gate {self.metric!r}: give exactly one of max: or min:")
+        return self
+
+    @property
+    def op(self) -> Literal["<=", ">="]:
+        return "<=" if self.max_ is not None else ">="
+
+    @property
+    def bound(self) -> float:
+        return self.max_ if self.max_ is not None else self.min_  # type: ignore[return-value]
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        what = self.metric if self.metric == "error_rate" else f"{self.stat} {self.metric}"
+        return what + (f" ({self.mode})" if self.mode else "")
+
+
+class GateSpecError(ValueError):
+    """A suite's gates cannot be read; the message names the gate."""
+
+
+def parse_gates(gates: Sequence[Mapping[str, Any]]) -> list[GateSpec]:
+    out = []
+    for i, g in enumerate(gates):
+        try:
+            out.append(GateSpec.model_validate(dict(g)))
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "gate"
+            raise GateSpecError(f"gate #{i + 1} {dict(g)}: {where}: {first['msg']}") from e
+    return out
+
+
+def _stat(values: Any, stat: str) -> float:
+    import numpy as np
+
+    arr = np.asarray(values, dtype=float)
+    if stat in _QUANTILES:
+        return float(np.quantile(arr, _QUANTILES[stat]))
+    return float({"mean": np.mean, "min": np.min, "max": np.max}[stat](arr))
+
+
+def _is_error(df: pd.DataFrame) -> pd.Series:
+    kind = df["error_kind"] if "error_kind" in df.columns else None
+    if kind is None:
+        import pandas as pd
+
+        return pd.Series(False, index=df.index)
+    return kind.notna() & (kind.astype(str).str.strip() != "") & (kind.astype(str) != "None")
+
+
+def check_gate(df: pd.DataFrame, strategy: str, gate: GateSpec) -> GateResult:
+    """One gate on one strategy's rows; missing evidence is a failed result with ``value=None``."""
+    import pandas as pd
+
+    rows = df[df["strategy"] == strategy] if "strategy" in df.columns else df.iloc[0:0]
+    if gate.mode:
+        rows = rows[rows["mode"] == gate.mode] if "mode" in rows.columns else rows.iloc[0:0]
+    base = {"name": gate.label, "strategy": strategy, "bound": gate.bound, "op": gate.op}
+    scope = f"strategy {strategy!r}" + (f" in {gate.mode} mode" if gate.mode else "")
+    if rows.empty:
+        return GateResult(**base, passed=False, value=None, detail=f"no evidence: the run has no rows for {scope}")
+    if gate.metric == "error_rate":
+        values = _is_error(rows).astype(float)
+    elif gate.metric not in rows.columns:
+        return GateResult(
+            **base, passed=False, value=None,
+            detail=f"no evidence: column {gate.metric!r} is not in the run (not scored yet?)",
+        )  # fmt: skip
+    else:
+        values = pd.to_numeric(rows[gate.metric], errors="coerce").dropna()
+        if values.empty:
+            return GateResult(
+                **base, passed=False, value=None,
+                detail=f"no evidence: {gate.metric!r} is empty on all {len(rows)} rows of {scope} "
+                "(a voice metric in a text run, or audio not paced in real time?)",
+            )  # fmt: skip
+    value = _stat(values, "mean" if gate.metric == "error_rate" else gate.stat)
+    passed = value <= gate.bound if gate.op == "<=" else value >= gate.bound
+    detail = f"{value:.4g} {gate.op if passed else ('>' if gate.op == '<=' else '<')} {gate.bound:g}"
+    return GateResult(**base, passed=passed, value=value, detail=detail, n=len(values))
+
+
+def evaluate_gates(run_df: pd.DataFrame, manifest: Mapping[str, Any], suite: Mapping[str, Any]) -> list[GateResult]:
+    """Threshold gates from ``suite["gates"]`` for every strategy of the run (or the gate's own list)."""
+    gates = parse_gates(suite.get("gates") or [])
+    names = list((suite.get("strategies") or {}).keys()) or sorted(set(run_df.get("strategy", [])))
+    results = []
+    for gate in gates:
+        for strategy in gate.strategies or names:
+            results.append(check_gate(run_df, strategy, gate))
+    return results
+
+
+# -- the promoted file ----------------------------------------------------------------------------
+class AgentSpec(BaseModel):
+    """How the worker builds its agent: the run's instructions and the text clean-up before TTS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instructions: str | None = None  # None: workbench.pipeline.DEFAULT_INSTRUCTIONS
+    speech_text: dict[str, Any] | None = None  # SpeechTextConfig fields; None: its defaults
+    greeting: str | None = None  # spoken when a caller joins (not part of any measured turn)
+
+
+class Promoted(BaseModel):
+    """``worker/promoted.yaml``: what the production worker serves, and the evidence for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: int = PROMOTED_FORMAT
+    strategy: dict[str, Any]  # workbench.strategies.build(...) input: kind, name, options
+    agent: AgentSpec = Field(default_factory=AgentSpec)
+    config: dict[str, Any] | None = None  # the run's workbench config (endpoints, models); key names only
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _has_kind(self) -> Promoted:
+        if not self.strategy.get("kind"):
+            raise ValueError("strategy needs a 'kind'")
+        return self
+
+    @property
+    def strategy_name(self) -> str:
+        return str(self.strategy.get("name") or self.strategy["kind"])
+
+
+class PromotedFileError(ValueError):
+    """The promoted file is missing or unusable; the message says what to do."""
+
+
+def load_promoted(path: str | Path = PROMOTED_PATH) -> Promoted:
+    p = Path(path)
+    if not p.exists():
+        raise PromotedFileError(
+            f"no promoted strategy at {p}: run `workbench promote RUN --strategy NAME` first "
+            "(or point WORKBENCH_PROMOTED at a promoted file)"
+        )
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise PromotedFileError(f"{p}: cannot read: {e}") from e
+    if not isinstance(data, dict):
+        raise PromotedFileError(f"{p}: expected a mapping with 'strategy', got {type(data).__name__}")
+    if data.get("format", PROMOTED_FORMAT) != PROMOTED_FORMAT:
+        raise PromotedFileError(f"{p}: format {data.get('format')} is not supported (expected {PROMOTED_FORMAT})")
+    try:
+        return Promoted.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise PromotedFileError(f"{p}: {'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from e
+
+
+# -- promote --------------------------------------------------------------------------------------
+class PromotionRefused(RuntimeError):
+    """The evidence is missing or failing; ``problems`` lists each reason (``--force`` overrides)."""
+
+    def __init__(self, message: str, problems: list[str], gates: list[GateResult]) -> None:
+        super().__init__(message)
+        self.problems, self.gates = problems, gates
+
+
+@dataclass
+class PromoteResult:
+    path: Path
+    promoted: Promoted
+    gates: list[GateResult]
+    problems: list[str] = field(default_factory=list)
+    forced: bool = False
+
+
+def _jsonable(v: Any) -> Any:
+    """Plain YAML-safe values (numpy scalars, NaN -> None, paths -> str)."""
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if hasattr(v, "item") and not isinstance(v, str | bytes):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+_SKIP_NUMERIC = {"turn_index", "repetition", "history_dropped", "interruptions"}
+
+
+def strategy_metrics(df: pd.DataFrame, strategy: str) -> dict[str, Any]:
+    """The evidence summary: row counts, error rate, and mean/p50/p90 of every measured numeric column."""
+    import pandas as pd
+
+    rows = df[df["strategy"] == strategy] if "strategy" in df.columns else df.iloc[0:0]
+    out: dict[str, Any] = {
+        "turns": len(rows),
+        "conversations": int(rows["conversation_id"].nunique()) if "conversation_id" in rows else 0,
+        "repetitions": int(rows["repetition"].nunique()) if "repetition" in rows else 0,
+        "modes": sorted(str(m) for m in rows["mode"].dropna().unique()) if "mode" in rows else [],
+        "error_rate": round(float(_is_error(rows).mean()), 4) if len(rows) else None,
+    }
+    for col in rows.columns:
+        if col in _SKIP_NUMERIC or col == "error_rate":
+            continue
+        if rows[col].dtype.kind not in "fiu":  # numbers only (booleans, strings and lists are not metrics)
+            continue
+        values = pd.to_numeric(rows[col], errors="coerce").dropna()
+        if values.empty:
+            continue
+        out[col] = {
+            "n": len(values),
+            "mean": round(float(values.mean()), 4),
+            "p50": round(float(values.quantile(0.5)), 4),
+            "p90": round(float(values.quantile(0.9)), 4),
+        }
+    return out
+
+
+def _with_knowledge(cfg: dict[str, Any], knowledge: str) -> dict[str, Any]:
+    """Point retrieval strategies at the run's dataset, as the runner did (so the worker retrieves the same)."""
+    from workbench.strategies.registry import REGISTRY, _load_builtins
+
+    _load_builtins()
+    cfg = dict(cfg)
+    cls = REGISTRY.get(cfg.get("kind", ""))
+    if cls is not None and "knowledge" in cls.Config.model_fields and not cfg.get("knowledge"):  # type: ignore[attr-defined]
+        cfg["knowledge"] = knowledge
+    for nested in ("inner", "fallback"):
+        if isinstance(cfg.get(nested), str):
+            cfg[nested] = _with_knowledge({"kind": cfg[nested]}, knowledge)
+        elif isinstance(cfg.get(nested), dict):
+            cfg[nested] = _with_knowledge(cfg[nested], knowledge)
+    return cfg
+
+
+def _portable(path: Path) -> str:
+    """Relative to the working directory when inside it (the repo), so the file works on another checkout."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _git_head() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _default_agent_spec(suite: Mapping[str, Any]) -> AgentSpec:
+    from workbench.pipeline import DEFAULT_INSTRUCTIONS, SpeechTextConfig
+
+    speech = suite.get("speech_text")
+    return AgentSpec(
+        instructions=suite.get("instructions") or DEFAULT_INSTRUCTIONS,
+        speech_text=SpeechTextConfig.model_validate(speech or {}).model_dump(),
+    )
+
+
+def promote(
+    run: str | Path,
+    strategy: str,
+    *,
+    suite_path: str | Path | None = None,
+    force: bool = False,
+    out: str | Path = PROMOTED_PATH,
+    runs_dir: Path | None = None,
+    evaluate: GateEvaluator = evaluate_gates,
+    now: datetime | None = None,
+) -> PromoteResult:
+    """Check ``strategy``'s gates in ``run`` and write the promoted file; raise :class:`PromotionRefused` if not.
+
+    Gates come from ``suite_path`` when given, else from the suite stored in the run's manifest. The
+    strategy's config always comes from the run (what was measured is what ships).
+    """
+    from workbench.replay.store import MANIFEST_FILE, RUNS_DIR, load_run, resolve_run
+
+    run_path = resolve_run(run, runs_dir or RUNS_DIR)
+    manifest = json.loads((run_path / MANIFEST_FILE).read_text())
+    run_suite: dict[str, Any] = dict(manifest.get("suite") or {})
+    configured = dict(run_suite.get("strategies") or {})
+    if strategy not in configured:
+        have = ", ".join(configured) or "none"
+        raise KeyError(f"strategy {strategy!r} is not in run {manifest.get('run_id', run_path.name)} (it has: {have})")
+    if suite_path is not None:
+        gate_suite = yaml.safe_load(Path(suite_path).read_text()) or {}
+        if not isinstance(gate_suite, dict):
+            raise GateSpecError(f"{suite_path}: a suite must be a mapping")
+        gates_source = _portable(Path(suite_path))
+    else:
+        gate_suite, gates_source = run_suite, "run manifest"
+    gate_suite = {**gate_suite, "strategies": {strategy: configured[strategy]}}
+
+    df = load_run(run_path)
+    gates = [g for g in evaluate(df, manifest, gate_suite) if g.strategy == strategy]
+
+    problems: list[str] = []
+    status = manifest.get("status")
+    if status not in (None, "complete"):
+        problems.append(f"run {manifest.get('run_id')} is {status!r}, not complete: finish it with --resume first")
+    n_rows = int((df["strategy"] == strategy).sum()) if "strategy" in df.columns else 0
+    if n_rows == 0:
+        problems.append(f"no evidence: the run has no turn rows for {strategy!r}")
+    if not gates:
+        problems.append(f"no gates: the suite ({gates_source}) defines no gates, so nothing shows {strategy!r} is good")
+    problems += [f"{g.name}: {g.detail}" for g in gates if g.missing]
+    problems += [f"{g.name} failed: {g.detail}" for g in gates if not g.passed and not g.missing]
+    if problems and not force:
+        raise PromotionRefused(
+            f"refusing to promote {strategy!r} from run {manifest.get('run_id', run_path.name)}: "
+            + "; ".join(problems)
+            + " (use --force to override; the override is recorded)",
+            problems,
+            gates,
+        )
+
+    dataset = manifest.get("dataset") or run_suite.get("dataset")
+    cfg = dict(configured[strategy]) if isinstance(configured[strategy], dict) else {"kind": configured[strategy]}
+    cfg.setdefault("name", strategy)
+    if dataset:
+        cfg = _with_knowledge(cfg, _portable(Path(dataset) / "knowledge"))
+    stamp = (now or datetime.now(UTC)).isoformat()
+    evidence = {
+        "run_id": manifest.get("run_id", run_path.name),
+        "run_path": _portable(run_path),
+        "run_status": status,
+        "run_created_at": manifest.get("created_at"),
+        "dataset": _portable(Path(dataset)) if dataset else None,
+        "git_commit": manifest.get("git_commit"),
+        "git_dirty": manifest.get("git_dirty"),
+        "promoted_at": stamp,
+        "promoted_git_commit": _git_head(),
+        "promoted_by": os.environ.get("USER") or None,
+        "suite": {
+            "name": run_suite.get("name"),
+            "gates_from": gates_source,
+            "gates": _jsonable(list(gate_suite.get("gates") or [])),
+        },
+        "versions": manifest.get("versions"),
+        "machine": manifest.get("machine"),
+        "metrics": strategy_metrics(df, strategy),
+        "gates": [{**asdict(g), "value": None if g.value is None else round(g.value, 6)} for g in gates],
+        "passed": not problems,
+        "forced": bool(force and problems),
+        "problems": problems,
+    }
+    promoted = Promoted(
+        strategy=_jsonable(cfg),
+        agent=_default_agent_spec(run_suite),
+        config=manifest.get("workbench_config"),
+        evidence=_jsonable(evidence),
+    )
+    path = Path(out)
+    write_promoted(promoted, path)
+    return PromoteResult(path, promoted, gates, problems, forced=evidence["forced"])
+
+
+def write_promoted(promoted: Promoted, path: Path) -> None:
+    """Atomic write (a crash leaves the old file or the new one), with a header saying what it is."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ev = promoted.evidence
+    header = (
+        "# Promoted by `workbench promote`; served by `python -m workbench.worker start`.\n"
+        f"# strategy {promoted.strategy_name!r} from run {ev.get('run_id')}"
+        + (" -- FORCED despite failing or missing evidence (see evidence.problems)" if ev.get("forced") else "")
+        + "\n"
+    )
+    body = yaml.safe_dump(promoted.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=110)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(header + body)
+    os.replace(tmp, path)
