@@ -301,23 +301,6 @@ def strategy_metrics(df: pd.DataFrame, strategy: str) -> dict[str, Any]:
     return out
 
 
-def _with_knowledge(cfg: dict[str, Any], knowledge: str) -> dict[str, Any]:
-    """Point retrieval strategies at the run's dataset, as the runner did (so the worker retrieves the same)."""
-    from workbench.strategies.registry import REGISTRY, _load_builtins
-
-    _load_builtins()
-    cfg = dict(cfg)
-    cls = REGISTRY.get(cfg.get("kind", ""))
-    if cls is not None and "knowledge" in cls.Config.model_fields and not cfg.get("knowledge"):  # type: ignore[attr-defined]
-        cfg["knowledge"] = knowledge
-    for nested in ("inner", "fallback"):
-        if isinstance(cfg.get(nested), str):
-            cfg[nested] = _with_knowledge({"kind": cfg[nested]}, knowledge)
-        elif isinstance(cfg.get(nested), dict):
-            cfg[nested] = _with_knowledge(cfg[nested], knowledge)
-    return cfg
-
-
 def _portable(path: Path) -> str:
     """Relative to the working directory when inside it (the repo), so the file works on another checkout."""
     try:
@@ -408,7 +391,9 @@ def promote(
     cfg = dict(configured[strategy]) if isinstance(configured[strategy], dict) else {"kind": configured[strategy]}
     cfg.setdefault("name", strategy)
     if dataset:
-        cfg = _with_knowledge(cfg, _portable(Path(dataset) / "knowledge"))
+        from workbench.replay.runner import with_knowledge  # the runner's own rule, so the worker retrieves the same
+
+        cfg = with_knowledge(cfg, _portable(Path(dataset) / "knowledge"))
     stamp = (now or datetime.now(UTC)).isoformat()
     evidence = {
         "run_id": manifest.get("run_id", run_path.name),

@@ -68,7 +68,7 @@ def select(conversations: list[Any], sel: Selection | None) -> list[Any]:
     return out[: sel.limit] if sel.limit else out
 
 
-def _with_knowledge(cfg: dict[str, Any], knowledge: Path) -> dict[str, Any]:
+def with_knowledge(cfg: dict[str, Any], knowledge: Path | str) -> dict[str, Any]:
     """Point retrieval strategies (and their inner/fallback strategies) at the suite's dataset."""
     _load_builtins()
     cfg = dict(cfg)
@@ -77,9 +77,9 @@ def _with_knowledge(cfg: dict[str, Any], knowledge: Path) -> dict[str, Any]:
         cfg["knowledge"] = str(knowledge)
     for nested in ("inner", "fallback"):
         if isinstance(cfg.get(nested), str):
-            cfg[nested] = _with_knowledge({"kind": cfg[nested]}, knowledge)
+            cfg[nested] = with_knowledge({"kind": cfg[nested]}, knowledge)
         elif isinstance(cfg.get(nested), dict):
-            cfg[nested] = _with_knowledge(cfg[nested], knowledge)
+            cfg[nested] = with_knowledge(cfg[nested], knowledge)
     return cfg
 
 
@@ -187,7 +187,7 @@ async def arun(
     strategies: dict[str, Strategy] = {}
     knowledge = Path(suite.dataset) / "knowledge"
     for name in suite.strategies:
-        strategies[name] = build(_with_knowledge(suite.strategy_config(name), knowledge), stack)
+        strategies[name] = build(with_knowledge(suite.strategy_config(name), knowledge), stack)
 
     from tqdm.auto import tqdm
 
@@ -222,6 +222,7 @@ async def arun(
                         start_turn=start,
                         history=history,
                         instructions=suite.instructions,
+                        speech_text=suite.speech_text,
                         turn_timeout_s=suite.turn_timeout_s,
                     )
                 else:
@@ -235,6 +236,7 @@ async def arun(
                         start_turn=start,
                         history=history,
                         instructions=suite.instructions,
+                        speech_text=suite.speech_text,
                         options=suite.voice,
                     )
             except Exception:

@@ -44,6 +44,7 @@ class Suite(BaseModel):
     conversations: Selection = Field(default_factory=Selection)
     voice: VoiceOptions = Field(default_factory=VoiceOptions)
     instructions: str | None = None  # the agent's instructions; None: the workbench default
+    speech_text: dict[str, Any] | None = None  # text clean-up before TTS (pipeline.SpeechTextConfig); None: defaults
     config: Path | None = None  # workbench config (endpoints, models); None: defaults + environment
     turn_timeout_s: float = 60.0
     gates: list[dict[str, Any]] = Field(default_factory=list)  # used by `workbench eval`

@@ -82,10 +82,13 @@ async def replay_text(
     start_turn: int = 0,
     history: llm.ChatContext | None = None,
     instructions: str | None = None,
+    speech_text: dict[str, Any] | None = None,
     turn_timeout_s: float = 60.0,
 ) -> None:
     """Replay ``conv`` from ``start_turn``; ``emit`` receives one row per finished turn."""
-    agent = build_agent(**({"instructions": instructions} if instructions else {}), chat_ctx=history)
+    agent = build_agent(
+        **({"instructions": instructions} if instructions else {}), speech_text=speech_text, chat_ctx=history
+    )
     session = build_session(stack, strategy, mode="text")
     await session.start(agent)
     await asyncio.sleep(0.02)  # let the session's start-up tasks settle, as before a caller's first words

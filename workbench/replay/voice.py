@@ -198,6 +198,7 @@ async def replay_voice(
     start_turn: int = 0,
     history: llm.ChatContext | None = None,
     instructions: str | None = None,
+    speech_text: dict[str, Any] | None = None,
     options: Any = None,
 ) -> None:
     """Play ``conv``'s recordings into a full voice session; ``emit`` receives one row per turn."""
@@ -206,7 +207,9 @@ async def replay_voice(
     turn_timeout = getattr(options, "turn_timeout_s", 60.0)
     tts_kind = getattr(options, "tts", None)
     mic, speaker = RealtimeMicrophone(speed), PlaybackSpeaker(speed)
-    agent = build_agent(**({"instructions": instructions} if instructions else {}), chat_ctx=history)
+    agent = build_agent(
+        **({"instructions": instructions} if instructions else {}), speech_text=speech_text, chat_ctx=history
+    )
     session = build_session(stack, strategy, mode="voice", tts_kind=tts_kind)
     session.input.audio = mic
     session.output.audio = speaker
