@@ -32,8 +32,11 @@ def available() -> dict[str, str]:
 
 
 def _load_builtins() -> None:
-    import workbench.strategies.builtin  # noqa: F401  (registers on import)
-    import workbench.strategies.rag  # noqa: F401
+    """Importing a strategy module registers its strategies."""
+    import importlib
+
+    for module in ("builtin", "rag", "agents"):
+        importlib.import_module(f"workbench.strategies.{module}")
 
 
 def build(spec: str | dict[str, Any] | Path, stack: ModelStack | None = None) -> Strategy:

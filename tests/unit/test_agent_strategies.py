@@ -1,0 +1,410 @@
+"""AutoGen strategies against the scripted OpenAI-compatible endpoint: streaming, memory, cancellation, coordination."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from autogen_core.models import AssistantMessage, UserMessage
+from livekit.agents import llm
+
+from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.models import ModelStack
+from workbench.strategies.agents import (
+    AutoGenStrategy,
+    HybridStrategy,
+    ModelClients,
+    MultiAgentStrategy,
+    PooledOpenAIClient,
+    first_sentence,
+    skip_repeat,
+    to_autogen,
+)
+from workbench.strategies.base import Passage, count_tokens
+from workbench.strategies.builtin import PlainStrategy
+from workbench.strategies.registry import available, build
+from workbench.testing.scripted_endpoint import RecordedRequest, Script, ScriptedEndpoint
+
+INSTRUCTIONS = "You are Diana, the front desk of a clinic. Answer in one short sentence."
+ANSWER = "Main Street opens at eight in the morning on weekdays."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_tokenizer() -> None:
+    count_tokens("warm up")  # the history trimmer loads its tokenizer once (about a second)
+
+
+@pytest.fixture
+async def endpoint():
+    async with ScriptedEndpoint(Script(text=ANSWER, ttft_s=0.02, gap_s=0.01)) as ep:
+        yield ep
+
+
+@pytest.fixture
+def scripted_stack(endpoint: ScriptedEndpoint, tmp_path: Path):
+    cfg = WorkbenchConfig(
+        llm=EndpointConfig(kind="openai", base_url=endpoint.base_url, model=endpoint.model, max_tokens=48),
+        state_dir=tmp_path,
+    )
+    with ModelStack(cfg) as s:
+        yield s
+
+
+def chat_ctx(*turns: tuple[str, str]) -> llm.ChatContext:
+    ctx = llm.ChatContext()
+    ctx.add_message(role="system", content=INSTRUCTIONS)
+    for role, text in turns:
+        ctx.add_message(role=role, content=text)  # type: ignore[arg-type]
+    return ctx
+
+
+async def run_turn(strategy: Any, ctx: llm.ChatContext) -> tuple[str, list[tuple[float, str]]]:
+    """The whole answer and each chunk's arrival time (perf_counter, comparable with the server's)."""
+    chunks: list[tuple[float, str]] = []
+    async with strategy.chat(chat_ctx=ctx) as stream:
+        async for ch in stream:
+            if ch.delta and ch.delta.content:
+                chunks.append((time.perf_counter(), ch.delta.content))
+    return "".join(c for _, c in chunks), chunks
+
+
+def system_text(req: RecordedRequest) -> str:
+    msgs = req.messages
+    return msgs[0]["content"] if msgs and msgs[0]["role"] == "system" else ""
+
+
+# -- conversion -------------------------------------------------------------------------------------------
+
+
+def test_chat_context_becomes_instructions_and_role_messages() -> None:
+    ctx = chat_ctx(("user", "Hi"), ("assistant", "Hello, how can I help?"), ("user", "When do you open?"))
+    ctx.add_message(role="system", content="The caller is a patient.")  # a late system message
+    ctx.items.append(llm.FunctionCallOutput(call_id="c1", name="lookup", output="8 am", is_error=False))
+    conv = to_autogen(ctx)
+    assert conv.instructions == f"{INSTRUCTIONS}\n\nThe caller is a patient."
+    assert [type(m) for m in conv.messages] == [UserMessage, AssistantMessage, UserMessage, AssistantMessage]
+    assert [m.content for m in conv.messages] == ["Hi", "Hello, how can I help?", "When do you open?",
+                                                  "(lookup returned: 8 am)"]  # fmt: skip
+
+
+def test_registered_kinds_build_from_config(scripted_stack: ModelStack) -> None:
+    kinds = available()
+    assert {"autogen", "multi_agent", "hybrid"} <= set(kinds)
+    s = build({"kind": "multi_agent", "coordination": "gather", "helpers": ["researcher", "planner"]}, scripted_stack)
+    assert isinstance(s, MultiAgentStrategy) and s.cfg.coordination == "gather"
+    assert s.cfg.helpers == ["researcher", "planner"]
+    with pytest.raises(ValueError, match="coordination"):
+        build({"kind": "multi_agent", "coordination": "fastest"}, scripted_stack)
+
+
+def test_unknown_model_names_get_a_text_only_profile() -> None:
+    client = PooledOpenAIClient(object(), model="smollm2-135m")
+    assert client.model_info["function_calling"] is False and client.model_info["vision"] is False
+    assert PooledOpenAIClient(object(), model="gpt-4o").model_info["vision"] is True
+
+
+# -- the single agent -------------------------------------------------------------------------------------
+
+
+async def test_autogen_streams_tokens_as_produced_and_sends_plains_prompt(
+    endpoint: ScriptedEndpoint, scripted_stack: ModelStack
+) -> None:
+    endpoint.default = Script(text=ANSWER, ttft_s=0.02, gap_s=0.03)
+    ctx = chat_ctx(("user", "When do you open?"))
+    plain = build("plain", scripted_stack)
+    agent = build("autogen", scripted_stack)
+    assert isinstance(plain, PlainStrategy) and isinstance(agent, AutoGenStrategy)
+    await run_turn(plain, ctx)
+    text, chunks = await run_turn(agent, ctx)
+    plain_req, agent_req = endpoint.chat_requests
+    assert text == ANSWER == "".join(agent_req.tokens_sent)
+    assert len(chunks) == len(agent_req.tokens_sent) > 5
+    first_at = chunks[0][0]
+    assert first_at < agent_req.token_times[1], "the first token must be passed on before the next one is sent"
+    assert first_at - agent_req.token_times[0] < 0.02
+    assert agent_req.messages == plain_req.messages  # same prompt: same cache hits on a real server
+    assert agent_req.body["stream"] is True and agent_req.body["max_tokens"] == 48
+    await agent.aclose()
+    await plain.aclose()
+
+
+async def test_autogen_keeps_no_memory_between_turns(endpoint: ScriptedEndpoint, scripted_stack: ModelStack) -> None:
+    agent = build("autogen", scripted_stack)
+    await run_turn(agent, chat_ctx(("user", "First question")))
+    # the session's history is the source of truth: a turn sees exactly its chat context, nothing remembered
+    await run_turn(agent, chat_ctx(("user", "Other history"), ("assistant", "Noted."), ("user", "Second question")))
+    first, second = endpoint.chat_requests
+    assert [m["content"] for m in first.messages] == [INSTRUCTIONS, "First question"]
+    assert [(m["role"], m["content"]) for m in second.messages] == [
+        ("system", INSTRUCTIONS),
+        ("user", "Other history"),
+        ("assistant", "Noted."),
+        ("user", "Second question"),
+    ]
+    await agent.aclose()
+
+
+async def test_model_client_is_shared_per_endpoint_and_loop(scripted_stack: ModelStack) -> None:
+    a, b = build("autogen", scripted_stack), build("multi_agent", scripted_stack)
+    assert isinstance(a, AutoGenStrategy) and isinstance(b, AutoGenStrategy)
+    assert a.clients is b.clients
+    assert a.clients.get() is b.clients.get() and a.clients.get(16) is not a.clients.get()
+    assert a.clients.get()._client is scripted_stack.http_client(scripted_stack.endpoint())  # plain's pool
+
+
+async def test_closing_the_stream_cancels_the_run_and_the_http_request(
+    endpoint: ScriptedEndpoint, scripted_stack: ModelStack
+) -> None:
+    endpoint.default = Script(text=" ".join(["word"] * 200), ttft_s=0.01, gap_s=0.02)
+    agent = build("autogen", scripted_stack)
+    async with agent.chat(chat_ctx=chat_ctx(("user", "Talk a lot"))) as stream:
+        async for _ in stream:
+            break  # the caller barges in after the first chunk
+    closed_at = time.perf_counter()
+    (req,) = endpoint.chat_requests
+    assert await req.wait_done(1.0)
+    assert req.disconnected and not req.completed
+    assert req.disconnected_at is not None and req.disconnected_at - closed_at < 0.1
+    assert len(req.tokens_sent) < 20
+    await asyncio.sleep(0.01)
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("autogen-")], "the AutoGen run survived"
+    await agent.aclose()
+
+
+async def test_upstream_errors_keep_their_kind_and_fall_back_to_the_apology(
+    endpoint: ScriptedEndpoint, scripted_stack: ModelStack
+) -> None:
+    endpoint.push(Script(fault="http_500"))
+    agent = build("autogen", scripted_stack)
+    ctx = chat_ctx(("user", "When do you open?"))
+    text, _ = await run_turn(agent, ctx)
+    trace = agent.trace_for(ctx.items[-1].id)
+    assert trace is not None and trace.error_kind == "http_500" and trace.fallback == "apology"
+    assert text == agent.options.apology
+    await agent.aclose()
+
+
+# -- the team ---------------------------------------------------------------------------------------------
+
+NOTES = "- Main Street: 8 am to 6 pm on weekdays."
+LEAD = "We open at eight."
+MORE = "That is Monday to Friday, until six."
+
+
+def team_script(helper: Script, lead: Script, final: Script) -> Any:
+    """Answers by role, recognised from the system prompt each member sends."""
+
+    def pick(body: dict[str, Any]) -> Script:
+        system = body["messages"][0]["content"]
+        if "You are now the researcher" in system:
+            return helper
+        if "Start your reply now" in system:
+            return lead
+        return final
+
+    return pick
+
+
+async def test_gather_streams_nothing_until_every_helper_is_done(
+    endpoint: ScriptedEndpoint, scripted_stack: ModelStack
+) -> None:
+    endpoint.default = team_script(Script(text=NOTES, ttft_s=0.05, gap_s=0.01), Script(text="unused"),
+                                   Script(text=MORE, ttft_s=0.03, gap_s=0.01))  # fmt: skip
+    team = build({"kind": "multi_agent", "coordination": "gather"}, scripted_stack)
+    ctx = chat_ctx(("user", "When do you open?"))
+    text, chunks = await run_turn(team, ctx)
+    researcher, editor = endpoint.chat_requests
+    assert text == MORE  # only the final call is spoken
+    assert "You are now the researcher" in system_text(researcher) and "colleagues' notes" in system_text(editor)
+    assert researcher.finished_at is not None and editor.arrived >= researcher.token_times[-1]
+    assert chunks[0][0] >= researcher.token_times[-1] + 0.03  # waited for the helper, then the editor's TTFT
+    # the editor reads the caller's question once, then the researcher's notes
+    assert [m["content"] for m in editor.messages[1:]] == ["When do you open?", NOTES]
+    assert [m["content"] for m in researcher.messages[1:]] == ["When do you open?"]
+    trace = team.trace_for(ctx.items[-1].id)
+    assert trace is not None and trace.notes["coordination"] == "gather" and trace.error_kind is None
+    await team.aclose()
+
+
+async def test_low_latency_speaks_before_the_helpers_finish_then_uses_their_notes(
+    endpoint: ScriptedEndpoint, scripted_stack: ModelStack
+) -> None:
+    endpoint.default = team_script(Script(text=NOTES, ttft_s=0.15, gap_s=0.01), Script(text=LEAD, ttft_s=0.03),
+                                   Script(text=MORE, ttft_s=0.03))  # fmt: skip
+    team = build({"kind": "multi_agent", "coordination": "low_latency"}, scripted_stack)
+    ctx = chat_ctx(("user", "When do you open?"))
+    text, chunks = await run_turn(team, ctx)
+    reqs = endpoint.chat_requests
+    lead = next(r for r in reqs if "Start your reply now" in system_text(r))
+    researcher = next(r for r in reqs if "You are now the researcher" in system_text(r))
+    final = next(r for r in reqs if "already said" in system_text(r))
+    assert lead.arrived <= researcher.arrived  # the lead-in is sent first (a one-slot server serves it first)
+    assert researcher.arrived - lead.arrived < 0.05  # helpers start at once, in parallel
+    assert chunks[0][0] < researcher.token_times[0], "the first chunk must not wait for the helpers"
+    assert final.arrived >= researcher.token_times[-1]
+    assert f'"{LEAD}"' in system_text(final) and NOTES in system_text(final)
+    assert text == f"{LEAD} {MORE}"
+    trace = team.trace_for(ctx.items[-1].id)
+    assert trace is not None and trace.notes["helpers_partial"] is False
+    await team.aclose()
+
+
+async def test_low_latency_continues_with_partial_notes_when_a_helper_is_slow(
+    endpoint: ScriptedEndpoint, scripted_stack: ModelStack
+) -> None:
+    slow = Script(tokens=["- Main", " Street", " opens", " at", " eight."] + [" more"] * 50, ttft_s=0.01, gap_s=0.03)
+    endpoint.default = team_script(slow, Script(text=LEAD, ttft_s=0.01), Script(text=MORE, ttft_s=0.01))
+    team = build({"kind": "multi_agent", "helper_wait_s": 0.2}, scripted_stack)
+    ctx = chat_ctx(("user", "When do you open?"))
+    t0 = time.perf_counter()
+    text, _ = await run_turn(team, ctx)
+    assert time.perf_counter() - t0 < 0.6
+    researcher = next(r for r in endpoint.chat_requests if "You are now the researcher" in system_text(r))
+    final = next(r for r in endpoint.chat_requests if "already said" in system_text(r))
+    assert await researcher.wait_done(1.0) and researcher.disconnected  # the unfinished helper was cancelled
+    assert "- Main Street opens at eight." in system_text(final)  # it still used the partial notes
+    assert text == f"{LEAD} {MORE}"
+    trace = team.trace_for(ctx.items[-1].id)
+    assert trace is not None and trace.notes["helpers_partial"] is True
+    await team.aclose()
+
+
+async def test_low_latency_cuts_the_lead_in_at_its_first_sentence(
+    endpoint: ScriptedEndpoint, scripted_stack: ModelStack
+) -> None:
+    endpoint.default = team_script(
+        Script(text=NOTES), Script(text=f"{LEAD} And then more words follow here."), Script(text=f" {LEAD} {MORE}")
+    )  # fmt: skip  (a small model restarts)
+    team = build("multi_agent", scripted_stack)
+    text, _ = await run_turn(team, chat_ctx(("user", "When do you open?")))
+    assert text == f"{LEAD} {MORE}"
+    await team.aclose()
+
+
+async def test_closing_a_low_latency_turn_cancels_every_member(
+    endpoint: ScriptedEndpoint, scripted_stack: ModelStack
+) -> None:
+    long = " ".join(["word"] * 200) + "."
+    # the lead-in's TTFT leaves the helper's request time to arrive before the caller barges in
+    lead = Script(text=long, ttft_s=0.1, gap_s=0.02)
+    endpoint.default = team_script(Script(text=long, gap_s=0.02), lead, Script(text="x"))
+    team = build("multi_agent", scripted_stack)
+    async with team.chat(chat_ctx=chat_ctx(("user", "Talk a lot"))) as stream:
+        async for _ in stream:
+            break
+    reqs = await endpoint.wait_for_requests(2)
+    for r in reqs:
+        assert await r.wait_done(1.0) and r.disconnected and not r.completed
+    assert len(endpoint.chat_requests) == 2  # the continuation was never started
+    await asyncio.sleep(0.01)
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("autogen-")]
+    await team.aclose()
+
+
+async def test_low_latency_goes_on_when_a_helper_fails(endpoint: ScriptedEndpoint, scripted_stack: ModelStack) -> None:
+    endpoint.default = team_script(Script(fault="http_500"), Script(text=LEAD), Script(text=MORE))
+    team = build("multi_agent", scripted_stack)
+    ctx = chat_ctx(("user", "When do you open?"))
+    text, _ = await run_turn(team, ctx)
+    assert text == f"{LEAD} {MORE}"
+    trace = team.trace_for(ctx.items[-1].id)
+    assert trace is not None and trace.error_kind is None and trace.notes["helper_errors"] == {"researcher": "http_500"}
+    await team.aclose()
+
+
+async def tokens(*ts: str) -> Any:
+    for t in ts:
+        yield t
+
+
+async def test_first_sentence_ends_only_at_a_stop_followed_by_a_space() -> None:
+    rest = tokens("30", " today.", " And", " more.")
+    said = [t async for t in first_sentence(rest, " We open at 9.")]
+    assert "".join(said) == " We open at 9.30 today."
+    assert [t async for t in rest] == [" more."]  # the cut-off text is never passed on (" And" was read)
+    said = [t async for t in first_sentence(tokens(" open at eight. Then", " more."), "We")]
+    assert "".join(said) == "We open at eight."  # a stop inside a token cuts it there
+    assert "".join([t async for t in first_sentence(tokens("Hi.", " We open at eight.", " More."), "")]) == (
+        "Hi. We open at eight."  # too short to stand alone as the lead-in
+    )
+
+
+async def test_skip_repeat_drops_only_a_restated_opening() -> None:
+    async def tokens(*ts: str):
+        for t in ts:
+            yield t
+
+    async def collect(gen: Any) -> str:
+        return "".join([t async for t in gen])
+
+    assert await collect(skip_repeat(tokens(" We", " open", " at eight.", " Until six."), "We open at eight.")) == (
+        " Until six."
+    )
+    assert await collect(skip_repeat(tokens(" We", " close", " at six."), "We open at eight.")) == " We close at six."
+    assert await collect(skip_repeat(tokens(" We", " open"), "We open at eight.")) == ""
+
+
+# -- hybrid -----------------------------------------------------------------------------------------------
+
+
+class FakeIndex:
+    """Stands in for the knowledge index: fixed passages, records the queries."""
+
+    def __init__(self) -> None:
+        self.queries: list[tuple[str, int]] = []
+
+    async def aretrieve(self, query: str, top_k: int) -> list[Passage]:
+        self.queries.append((query, top_k))
+        return [Passage("Main Street opens at 8 am on weekdays.", "hours-main-street.md", 0.8)][:top_k]
+
+
+@pytest.mark.parametrize("team", [False, True])
+async def test_hybrid_puts_passages_in_the_instructions_and_the_trace(
+    endpoint: ScriptedEndpoint, scripted_stack: ModelStack, team: bool
+) -> None:
+    clients = ModelClients.for_stack(scripted_stack, scripted_stack.endpoint())
+    cfg = MultiAgentStrategy.Config(coordination="gather")
+    inner = MultiAgentStrategy(clients, cfg) if team else AutoGenStrategy(clients)
+    index = FakeIndex()
+    hybrid = HybridStrategy(inner, index, top_k=2)
+    ctx = chat_ctx(("user", "When does Main Street open?"))
+    text, _ = await run_turn(hybrid, ctx)
+    assert text == ANSWER
+    assert index.queries == [("When does Main Street open?", 2)]
+    trace = hybrid.trace_for(ctx.items[-1].id)
+    assert trace is not None and [p.source for p in trace.contexts] == ["hours-main-street.md"]
+    reqs = endpoint.chat_requests
+    assert len(reqs) == (2 if team else 1)
+    for r in reqs:  # every member reads the passages in its leading instructions, none in a later message
+        assert system_text(r).startswith(INSTRUCTIONS) and "Main Street opens at 8 am" in system_text(r)
+        assert all("<documents>" not in m["content"] for m in r.messages[1:])
+    await hybrid.aclose()
+
+
+def test_hybrid_config_accepts_the_team_and_retrieval_keys() -> None:
+    cfg = HybridStrategy.Config.model_validate({"team": True, "top_k": 4, "coordination": "gather"})
+    assert cfg.team and cfg.top_k == 4 and cfg.knowledge is None and cfg.coordination == "gather"
+    with pytest.raises(ValueError):
+        HybridStrategy.Config.model_validate({"teams": True})
+
+
+async def test_closing_a_gather_turn_cancels_the_team_run(
+    endpoint: ScriptedEndpoint, scripted_stack: ModelStack
+) -> None:
+    long = " ".join(["word"] * 200) + "."
+    endpoint.default = team_script(Script(text="- note", ttft_s=0.01), Script(text="x"), Script(text=long, gap_s=0.02))
+    team = build({"kind": "multi_agent", "coordination": "gather"}, scripted_stack)
+    async with team.chat(chat_ctx=chat_ctx(("user", "Talk a lot"))) as stream:
+        async for _ in stream:
+            break  # barge-in while the editor speaks
+    closed_at = time.perf_counter()
+    researcher, editor = await endpoint.wait_for_requests(2)
+    assert researcher.completed
+    assert await editor.wait_done(1.0) and editor.disconnected and not editor.completed
+    assert editor.disconnected_at is not None and editor.disconnected_at - closed_at < 0.1
+    await asyncio.sleep(0.01)
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("autogen-")]
+    await team.aclose()
