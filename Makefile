@@ -14,7 +14,7 @@ LLAMA_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGG
 WHEELHOUSE  ?= $(HOME)/.cache/dianachat-workbench/wheels/llama-cpp-python-$(LLAMA_PIN)-safecpu
 STAMP       := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench lab lint clean-venv espeak
+.PHONY: setup demo test test-fast bench lab lint clean-venv espeak chromium
 
 setup: $(STAMP)
 
@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml
 	fi
 	$(PIP) install -q --find-links $(WHEELHOUSE) -e '.[dev,lab]'
 	@$(MAKE) --no-print-directory espeak
+	@$(MAKE) --no-print-directory chromium
 	@touch $(STAMP)
 
 # espeak-ng is the second TTS voice; it comes from Debian, not PyPI.
@@ -38,8 +39,17 @@ espeak:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) \
 	  || echo "WARNING: could not install espeak-ng; the espeak voice will be unavailable (apt-get install espeak-ng)"; }
 
+# Headless Chromium renders HTML reports to PNG in the report browser test; it comes from Debian.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (headless report rendering) with apt"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "WARNING: could not install chromium; the report browser test will be skipped (apt-get install chromium)"; }
+
+# the main job: every strategy on part of the demo dataset, text and real-time voice, on the embedded models
 demo: setup
 	$(BIN)/workbench doctor
+	$(BIN)/workbench run evals/demo.yaml
 
 test: setup
 	$(BIN)/ruff check .
