@@ -333,6 +333,146 @@ def report_cmd(
     console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+def verdict_table(verdict) -> Table:
+    """One row per gate x strategy: value, bound, paired test, result and why (the eval's readable verdict)."""
+    from rich.markup import escape
+
+    colour = {"pass": "green", "fail": "red", "error": "red", "skipped": "yellow"}
+    word = {"pass": "pass", "fail": "FAIL", "error": "NO EVIDENCE", "skipped": "skipped"}
+    table = Table(title=f"eval {verdict.suite}: run {verdict.run_id}"
+                  + (f" vs baseline {Path(verdict.baseline_run).name}" if verdict.baseline_run else ""))  # fmt: skip
+    for col in ("gate", "strategy", "value", "bound", "n", "p", "result", "detail"):
+        table.add_column(col, overflow="fold", justify="right" if col in ("value", "bound", "n", "p") else "left")
+    for r in verdict.results:
+        c = colour[r.status]
+        bound = "" if r.bound != r.bound else f"{r.op} {r.bound:.4g}"
+        table.add_row(
+            escape(r.name), escape(r.strategy), "-" if r.value is None else f"{r.value:.4g}", bound, str(r.n),
+            "" if r.p_value is None else f"{r.p_value:.3g}", f"[{c}]{word[r.status]}[/{c}]",
+            escape(r.detail) if r.status != "pass" or r.kind == "regression" else "",
+        )  # fmt: skip
+    return table
+
+
+@app.command("eval")
+def eval_cmd(
+    suite: Annotated[Path, typer.Argument(help="Suite YAML with a gates: list (see evals/README.md).")],
+    baseline: Annotated[
+        str | None, typer.Option(help="Baseline run (id or folder) for the regression gates, paired turn by turn.")
+    ] = None,
+    run: Annotated[str | None, typer.Option(help="Check this finished run instead of running the suite.")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Name the new run folder (default: time-name-random).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders are.")] = Path("runs"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run a suite (or reuse --run), score it offline, check its gates and regressions; write runs/<id>/verdict.json.
+
+    Exit 0: every gate passed (skipped ones are listed). Exit 1: a bound broke, a regression was found, or a
+    required gate had no evidence. Exit 2: the suite, run or baseline cannot be used.
+    """
+    from pydantic import ValidationError
+    from rich.markup import escape
+
+    from workbench.analysis.evals import VERDICT_FILE, EvalError, run_eval
+    from workbench.analysis.gates import GateSpecError
+    from workbench.replay.store import RunLockedError
+
+    try:
+        verdict = run_eval(suite, run=run, baseline=baseline, run_id=run_id, runs_dir=runs_dir, progress=not quiet)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        console.print(f"[red]suite {escape(str(suite))}: {escape(where)}: {escape(first['msg'])}[/red]")
+        raise typer.Exit(2) from e
+    except (EvalError, GateSpecError, FileNotFoundError, RunLockedError, ConfigError, KeyError) as e:
+        console.print(f"[red]cannot eval:[/red] {escape(str(e.args[0] if isinstance(e, KeyError) else e))}")
+        raise typer.Exit(2) from e
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: finished turns are saved; check them later with --run[/yellow]")
+        raise typer.Exit(130) from None
+    console.print(verdict_table(verdict))
+    for o in verdict.scoring:
+        if o["status"] != "ok":
+            console.print(f"[yellow]scorer {o['name']} {o['status']}:[/yellow] {escape(o.get('reason') or '')}")
+    counts = verdict.counts()
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    if verdict.passed:
+        console.print(f"[green]PASSED[/green] ({summary})")
+    else:
+        console.print(f"[red]FAILED[/red] ({summary})")
+    console.print(f"verdict: {verdict.run_path / VERDICT_FILE}")
+    if not verdict.passed:
+        raise typer.Exit(1)
+
+
+@app.command("faults")
+def faults_cmd(
+    suite: Annotated[Path, typer.Argument(help="Fault suite YAML (kind: faults).")] = Path("evals/faults.yaml"),
+    runs_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
+    run_id: Annotated[str | None, typer.Option(help="Name the run folder (default: time-name-random).")] = None,
+) -> None:
+    """Inject every fault (HTTP 500/429, refused, hang, cut, malformed SSE, trickle, STT, TTS) into every
+    strategy on a scripted endpoint and show what the caller got: fault x strategy x mode."""
+    from rich.markup import escape
+
+    from workbench.replay.faults import run_faults
+
+    for name in ("livekit.agents", "workbench.strategies.base"):  # expected failures: the table reports them
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        result = run_faults(suite, runs_dir=runs_dir, run_id=run_id)
+    except (OSError, ValueError) as e:
+        console.print(f"[red]cannot run the fault suite:[/red] {escape(str(e))}")
+        raise typer.Exit(2) from e
+    table = result.table
+    print_frame(table.drop(columns=["expected", "problems"]), title=f"faults: run {result.run_id}")
+    for r in table[~table["passed"]].itertuples():
+        console.print(f"[red]FAIL[/red] {r.fault} x {r.strategy} ({r.mode}): {escape(r.problems)}")
+    for g in result.gates:
+        mark = "[green]pass[/green]" if not g.failed else "[red]fail[/red]"
+        console.print(f"gate {escape(g.name)} ({escape(g.strategy)}): {mark} {escape(g.detail)}")
+    console.print(f"rows: {result.path}")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command("index")
+def index_cmd(
+    path: Annotated[Path, typer.Argument(help="Folder of Markdown/text documents (.md, .markdown, .txt).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Index folder (default: <state_dir>/indexes/<name>-<hash>).")
+    ] = None,
+    config: ConfigOpt = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-embed every document even if none changed.")] = False,
+) -> None:
+    """Build or update the persistent hybrid (BM25 + MiniLM) index of a folder.
+
+    Reloads without embedding when nothing changed; re-embeds only edited or added documents.
+    """
+    import time
+
+    from rich.markup import escape
+
+    from workbench.knowledge import KnowledgeError, open_index
+    from workbench.models import MissingAssetError, ModelStack
+
+    t0 = time.perf_counter()
+    with ModelStack(_config(config)) as stack:
+        try:
+            with console.status(f"indexing {escape(str(path))}..."):
+                s = open_index(path, stack, rebuild=rebuild, out=out).stats
+        except (KnowledgeError, MissingAssetError) as e:
+            console.print(f"[red]cannot index:[/red] {escape(str(e))}")
+            raise typer.Exit(2) from e
+    changes = f" (changed: {len(s['changed'])}, removed: {len(s['removed'])})" if s["mode"] == "updated" else ""
+    console.print(
+        f"{s['mode']}{changes}: {s['documents']} documents, {s['chunks']} chunks, "
+        f"{s['embedded']} embedded now, {s['reused']} reused; index {s['build_s']:.2f} s, "
+        f"total {time.perf_counter() - t0:.1f} s"
+    )
+    console.print(f"index: {escape(s['index_dir'])}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,5 +1,36 @@
-"""Per-turn scoring: text normalisation, WER, and (later) registered scorers."""
+"""Per-turn scoring: registered scorers that add columns to the turn table, and their storage.
 
+``score_run(df, names=None, judge=None)`` runs them; ``workbench score RUN`` stores the result
+next to the run. See :mod:`workbench.scoring.base` for the registry and :mod:`.offline` /
+:mod:`.judge` for the scorers.
+"""
+
+from workbench.scoring.base import (
+    SCORERS,
+    ScoreContext,
+    Scorer,
+    ScoreReport,
+    ScorerOutcome,
+    available_scorers,
+    score_run,
+    scorer,
+)
+from workbench.scoring.facts import canonical_tokens, fact_mentioned, fact_recall, missed_facts
 from workbench.scoring.wer import normalize_text, wer
 
-__all__ = ["normalize_text", "wer"]
+__all__ = [
+    "SCORERS",
+    "ScoreContext",
+    "ScoreReport",
+    "Scorer",
+    "ScorerOutcome",
+    "available_scorers",
+    "canonical_tokens",
+    "fact_mentioned",
+    "fact_recall",
+    "missed_facts",
+    "normalize_text",
+    "score_run",
+    "scorer",
+    "wer",
+]

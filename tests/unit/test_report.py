@@ -1,0 +1,155 @@
+"""The HTML report: every plot inline, tables, worst turns with transcripts and playable audio, and reasons."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from workbench.analysis.report import PLOT_IDS, _audio_tag, build_report
+from workbench.analysis.synthetic import synthetic_run
+from workbench.replay.schema import COLUMNS, KEY
+from workbench.replay.store import RunStore
+from workbench.scoring.persist import write_scores
+
+SCORE_COLS = ["fact_recall", "semantic_similarity", "rouge_l"]
+NO_JUDGE = "no judge endpoint configured (score with --judge-endpoint NAME to add these columns)"
+
+
+def store_run(runs: Path, run_id: str, df: pd.DataFrame, dataset: Path, scored: bool = True) -> Path:
+    """A real run folder: schema columns as turn rows, score columns in scores.parquet with their record."""
+    store = RunStore(runs / run_id)
+    manifest = {
+        "run_id": run_id, "name": f"test {run_id}", "status": "complete", "dataset": str(dataset),
+        "suite": {"baseline": "plain"}, "workbench_config": {"llm": {"kind": "local", "gguf": "smollm2"}},
+        "versions": {"livekit-agents": "1.8.6"}, "git_commit": "abc123",
+    }  # fmt: skip
+    store.write_manifest(manifest)
+    for r in df[[c for c in COLUMNS if c in df.columns]].to_dict("records"):
+        store.append(dict(r, run_id=run_id))
+    store.compact()
+    store.close()
+    if scored:
+        write_scores(runs / run_id, df, {"scorers": [
+            {"name": "facts", "status": "ok", "columns": ["fact_recall"], "reason": None, "seconds": 0.1},
+            {"name": "semantic", "status": "ok", "columns": ["semantic_similarity"], "reason": None, "seconds": 0.1},
+            {"name": "ragas_text", "status": "ok", "columns": ["rouge_l"], "reason": None, "seconds": 0.1},
+            {"name": "ragas_llm", "status": "skipped", "columns": [], "reason": NO_JUDGE, "seconds": 0.0},
+            {"name": "livekit_judges", "status": "skipped", "columns": [], "reason": NO_JUDGE, "seconds": 0.0},
+        ]})  # fmt: skip
+    return runs / run_id
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("report")
+    dataset = root / "dataset"
+    df = synthetic_run(conversations=4, turns=2, repetitions=2, seed=2)
+    worst = df.index[(df["mode"] == "voice") & (df["strategy"] == "rag")][0]
+    df.loc[worst, ["fact_recall", "semantic_similarity", "rouge_l"]] = 0.0
+    df.loc[worst, ["answer", "transcript", "error_kind"]] = ["<script>alert(1)</script>", "what time you open", None]
+    for rel in df.loc[df["mode"] == "voice", "audio_path"].unique():
+        p = dataset / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        t = np.arange(int(0.25 * 16000)) / 16000
+        sf.write(p, 0.2 * np.sin(2 * np.pi * 440 * t), 16000)
+    runs = root / "runs"
+    store_run(runs, "this", df, dataset)
+    slower = df.copy()
+    slower["llm_ttfc_s"] *= 1.4
+    slower["llm_total_s"] *= 1.4
+    store_run(runs, "older", slower, dataset)
+    store_run(runs, "unscored", df, dataset, scored=False)
+    out = build_report("this", vs="older", runs_dir=runs, out=root / "report.html")
+    return {"html": out.read_text(), "path": out, "df": df, "worst": df.loc[worst], "runs": runs, "dataset": dataset}
+
+
+def test_every_plot_is_an_inline_png(env: dict[str, Any]) -> None:
+    html = env["html"]
+    for pid in PLOT_IDS:
+        m = re.search(rf'<figure id="{pid}"><img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+        assert m, pid
+        png = base64.b64decode(m.group(1))
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, pid
+
+
+def test_report_is_self_contained(env: dict[str, Any]) -> None:
+    html = env["html"]
+    assert not re.search(r'(src|href)="(?!data:|#)', html)
+    assert "<script" not in html.replace("&lt;script&gt;", "")  # the hostile answer is escaped, not run
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_tables_and_sections_are_there(env: dict[str, Any]) -> None:
+    html = env["html"]
+    for anchor in ("leaderboard", "latency", "quality", "paired", "pass-rate", "waterfall", "worst-turns", "vs-run"):
+        assert f"id='{anchor}'" in html, anchor
+    assert html.count("<table") >= 7
+    assert "Wilcoxon signed-rank" in html and "pass_all_reps" in html
+    assert "abc123" in html and "smollm2" in html
+
+
+def test_worst_turn_shows_transcript_and_plays_its_audio(env: dict[str, Any]) -> None:
+    html, worst = env["html"], env["worst"]
+    section = html.split("id='worst-turns'")[1]
+    first = section.split('<div class="turn">')[1]
+    assert "rag" in first and "voice" in first and "what time you open" in first
+    m = re.search(r'<audio controls preload="metadata" src="data:audio/wav;base64,([A-Za-z0-9+/=]+)"', first)
+    assert m
+    assert base64.b64decode(m.group(1)) == (env["dataset"] / worst["audio_path"]).read_bytes()
+    assert 'class="bad">8 am' in first or 'class="bad">' in first  # missed facts are marked
+
+
+def test_absent_judge_columns_are_explained(env: dict[str, Any]) -> None:
+    html = env["html"]
+    note = html.split('id="judge-absent"')[1].split("</p>")[0]
+    assert "faithfulness" in note and "--judge-endpoint" in note
+
+
+def test_vs_other_run_pairs_the_same_strategies(env: dict[str, Any]) -> None:
+    section = env["html"].split("id='vs-run'")[1]
+    assert "older" in section
+    rows = re.findall(r"<tr>(.*?)</tr>", section.split("id='worst-turns'")[0], re.S)
+    ttfc = [r for r in rows if "<td>llm_ttfc_s</td>" in r]
+    assert len(ttfc) == 2  # plain and rag
+    assert all("better" in r for r in ttfc)  # this run is faster on the very same turns
+
+
+def test_audio_never_leaves_the_dataset(tmp_path: Path) -> None:
+    (tmp_path / "secret.wav").write_bytes(b"RIFF")
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    assert "leaves the dataset" in _audio_tag(ds, "../secret.wav", 10_000)
+    assert "not found" in _audio_tag(ds, "audio/missing.wav", 10_000)
+    assert "<audio" not in _audio_tag(None, "audio/x.wav", 10_000)
+
+
+def test_cli_report_on_an_unscored_run_says_so_and_still_reports_pass_rates(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    out = tmp_path / "cli.html"
+    args = ["report", "unscored", "--runs-dir", str(env["runs"]), "--out", str(out), "--objective",
+            "fact_recall@v2v_s:p90<=1.5"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    html = out.read_text()
+    assert "has not been scored" in html and "id='pass-rate'" in html
+    assert "p90 v2v_s &lt;= 1.5 s" in html
+    res = CliRunner().invoke(app, ["report", "missing", "--runs-dir", str(env["runs"])])
+    assert res.exit_code == 2 and "no run" in res.output
+
+
+def test_scores_are_joined_on_the_key(env: dict[str, Any]) -> None:
+    stored = pd.read_parquet(env["runs"] / "this" / "scores.parquet")
+    assert list(stored.columns[: len(KEY)]) == list(KEY)
+    assert set(SCORE_COLS) <= set(stored.columns)
