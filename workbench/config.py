@@ -16,6 +16,34 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ENV_PREFIX = "WORKBENCH__"
+DOTENV_FILE = ".env"  # in the working directory; git-ignored
+
+
+def read_dotenv(path: str | Path = DOTENV_FILE) -> dict[str, str]:
+    """``KEY=value`` lines of a ``.env`` file (``export``, quotes and ``#`` comments allowed); {} when absent.
+
+    Read where a key is needed, never copied into ``os.environ``: a ``.env`` holding the worker's LiveKit
+    credentials must not switch an eval's end-of-turn detection to the cloud.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = (part.strip() for part in line.split("=", 1))
+        if value[:1] in ("'", '"') and value.find(value[0], 1) > 0:
+            value = value[1 : value.find(value[0], 1)]  # quoted: up to the closing quote (a comment may follow)
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        if key:
+            out[key] = value
+    return out
 
 
 class _Model(BaseModel):
@@ -52,9 +80,12 @@ class EndpointConfig(_Model):
             return "local-no-key"
         if not self.api_key_env:
             return "no-key"
-        key = os.environ.get(self.api_key_env)
+        key = os.environ.get(self.api_key_env) or read_dotenv().get(self.api_key_env)
         if not key:
-            raise RuntimeError(f"environment variable {self.api_key_env} is not set (API key for {self.base_url})")
+            raise RuntimeError(
+                f"environment variable {self.api_key_env} is not set, nor in ./{DOTENV_FILE} "
+                f"(API key for {self.base_url})"
+            )
         return key
 
     def prompt_budget(self) -> int:

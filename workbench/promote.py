@@ -4,8 +4,8 @@ The worker serves exactly what the file names, so the file also says *why*: the 
 its git commit, the metrics and every gate result. A strategy without passing evidence is refused;
 ``--force`` overrides that and the override is written into the file for whoever reads it later.
 
-The gate evaluation here is deliberately small (threshold bounds on turn-table columns). It is
-passed in as a parameter (:class:`GateEvaluator`) so the eval module can replace it.
+Gates are checked by :func:`workbench.analysis.gates.evaluate_gates` (the one implementation,
+shared with ``workbench eval``), passed in as a parameter (:class:`GateEvaluator`).
 """
 
 from __future__ import annotations
@@ -13,14 +13,23 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# the one gate implementation, shared with `workbench eval` (names re-exported for existing callers)
+from workbench.analysis.gates import GateResult as GateResult
+from workbench.analysis.gates import GateSpec as GateSpec
+from workbench.analysis.gates import GateSpecError as GateSpecError
+from workbench.analysis.gates import _is_error
+from workbench.analysis.gates import check_gate as check_gate
+from workbench.analysis.gates import evaluate_gates as evaluate_gates
+from workbench.analysis.gates import parse_gates as parse_gates
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,150 +40,12 @@ PROMOTED_FORMAT = 1
 
 
 # -- gates -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GateResult:
-    """One gate checked for one strategy. ``value is None`` means the run holds no evidence for it."""
-
-    name: str
-    strategy: str
-    passed: bool
-    value: float | None
-    bound: float
-    detail: str = ""
-    op: Literal["<=", ">="] = "<="
-    n: int = 0  # rows the value was computed from
-
-    @property
-    def missing(self) -> bool:
-        return self.value is None
-
-
 class GateEvaluator(Protocol):
     """What ``promote`` needs from an eval module: gate results for every strategy in the run."""
 
     def __call__(
         self, run_df: pd.DataFrame, manifest: Mapping[str, Any], suite: Mapping[str, Any]
     ) -> list[GateResult]: ...
-
-
-Stat = Literal["mean", "median", "p50", "p90", "p95", "p99", "min", "max"]
-_QUANTILES = {"median": 0.5, "p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
-
-
-class GateSpec(BaseModel):
-    """One entry of a suite's ``gates:`` list, e.g. ``{metric: llm_ttfc_s, stat: p90, max: 1.5}``.
-
-    ``metric`` is a turn-table column (scores included) or ``error_rate`` (share of turns with an
-    ``error_kind``, recovered ones included: the caller heard an apology or a fallback).
-    """
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    metric: str
-    stat: Stat = "mean"
-    max_: float | None = Field(None, alias="max")
-    min_: float | None = Field(None, alias="min")
-    mode: Literal["text", "voice"] | None = None  # only rows of this mode
-    strategies: list[str] | None = None  # only these strategies (default: all in the run)
-    name: str | None = None
-
-    @model_validator(mode="after")
-    def _one_bound(self) -> GateSpec:
-        if (self.max_ is None) == (self.min_ is None):
-            raise ValueError(f"gate {self.metric!r}: give exactly one of max: or min:")
-        return self
-
-    @property
-    def op(self) -> Literal["<=", ">="]:
-        return "<=" if self.max_ is not None else ">="
-
-    @property
-    def bound(self) -> float:
-        return self.max_ if self.max_ is not None else self.min_  # type: ignore[return-value]
-
-    @property
-    def label(self) -> str:
-        if self.name:
-            return self.name
-        what = self.metric if self.metric == "error_rate" else f"{self.stat} {self.metric}"
-        return what + (f" ({self.mode})" if self.mode else "")
-
-
-class GateSpecError(ValueError):
-    """A suite's gates cannot be read; the message names the gate."""
-
-
-def parse_gates(gates: Sequence[Mapping[str, Any]]) -> list[GateSpec]:
-    out = []
-    for i, g in enumerate(gates):
-        try:
-            out.append(GateSpec.model_validate(dict(g)))
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "gate"
-            raise GateSpecError(f"gate #{i + 1} {dict(g)}: {where}: {first['msg']}") from e
-    return out
-
-
-def _stat(values: Any, stat: str) -> float:
-    import numpy as np
-
-    arr = np.asarray(values, dtype=float)
-    if stat in _QUANTILES:
-        return float(np.quantile(arr, _QUANTILES[stat]))
-    return float({"mean": np.mean, "min": np.min, "max": np.max}[stat](arr))
-
-
-def _is_error(df: pd.DataFrame) -> pd.Series:
-    kind = df["error_kind"] if "error_kind" in df.columns else None
-    if kind is None:
-        import pandas as pd
-
-        return pd.Series(False, index=df.index)
-    return kind.notna() & (kind.astype(str).str.strip() != "") & (kind.astype(str) != "None")
-
-
-def check_gate(df: pd.DataFrame, strategy: str, gate: GateSpec) -> GateResult:
-    """One gate on one strategy's rows; missing evidence is a failed result with ``value=None``."""
-    import pandas as pd
-
-    rows = df[df["strategy"] == strategy] if "strategy" in df.columns else df.iloc[0:0]
-    if gate.mode:
-        rows = rows[rows["mode"] == gate.mode] if "mode" in rows.columns else rows.iloc[0:0]
-    base = {"name": gate.label, "strategy": strategy, "bound": gate.bound, "op": gate.op}
-    scope = f"strategy {strategy!r}" + (f" in {gate.mode} mode" if gate.mode else "")
-    if rows.empty:
-        return GateResult(**base, passed=False, value=None, detail=f"no evidence: the run has no rows for {scope}")
-    if gate.metric == "error_rate":
-        values = _is_error(rows).astype(float)
-    elif gate.metric not in rows.columns:
-        return GateResult(
-            **base, passed=False, value=None,
-            detail=f"no evidence: column {gate.metric!r} is not in the run (not scored yet?)",
-        )  # fmt: skip
-    else:
-        values = pd.to_numeric(rows[gate.metric], errors="coerce").dropna()
-        if values.empty:
-            return GateResult(
-                **base, passed=False, value=None,
-                detail=f"no evidence: {gate.metric!r} is empty on all {len(rows)} rows of {scope} "
-                "(a voice metric in a text run, or audio not paced in real time?)",
-            )  # fmt: skip
-    value = _stat(values, "mean" if gate.metric == "error_rate" else gate.stat)
-    passed = value <= gate.bound if gate.op == "<=" else value >= gate.bound
-    detail = f"{value:.4g} {gate.op if passed else ('>' if gate.op == '<=' else '<')} {gate.bound:g}"
-    return GateResult(**base, passed=passed, value=value, detail=detail, n=len(values))
-
-
-def evaluate_gates(run_df: pd.DataFrame, manifest: Mapping[str, Any], suite: Mapping[str, Any]) -> list[GateResult]:
-    """Threshold gates from ``suite["gates"]`` for every strategy of the run (or the gate's own list)."""
-    gates = parse_gates(suite.get("gates") or [])
-    names = list((suite.get("strategies") or {}).keys()) or sorted(set(run_df.get("strategy", [])))
-    results = []
-    for gate in gates:
-        for strategy in gate.strategies or names:
-            results.append(check_gate(run_df, strategy, gate))
-    return results
 
 
 # -- the promoted file ----------------------------------------------------------------------------

@@ -171,6 +171,9 @@ def build_server() -> AgentServer:
         # each idle process holds its own models and llama.cpp server (~0.5 GB): one by default
         num_idle_processes=int(os.environ.get("WORKBENCH_WORKER_IDLE_PROCESSES", "1")),
         job_memory_warn_mb=2000,
+        # the health endpoint listens on loopback only (LiveKit's default is every interface); a container
+        # whose probes come from outside sets WORKBENCH_WORKER_HOST=0.0.0.0
+        host=os.environ.get("WORKBENCH_WORKER_HOST", "127.0.0.1"),
     )
     server.rtc_session(module.entrypoint)  # agent name: $LIVEKIT_AGENT_NAME (empty: dispatched to every room)
     return server

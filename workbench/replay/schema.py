@@ -39,6 +39,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "error": ("string", "error message (never contains secrets)"),
     "fallback": ("string", "None, the fallback strategy's name, or 'apology'"),
     "partial": ("boolean", "the fault came after some of the answer was already produced"),
+    "recovery_s": ("float64", "after a fault: request to the first words of the fallback or apology"),
     "history_dropped": ("int64", "history items trimmed to fit the prompt budget"),
     "realtime": ("boolean", "voice audio was paced in real time, so latency columns are valid"),
     # voice mode (NaN in text mode)

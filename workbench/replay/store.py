@@ -104,6 +104,7 @@ class RunStore:
         self._lock_file.truncate()
         self._lock_file.write(f"pid {os.getpid()} on {platform.node()}")
         self._lock_file.flush()
+        _end_torn_line(self.path / JOURNAL_FILE)
         self._journal = open(self.path / JOURNAL_FILE, "a", encoding="utf-8")  # noqa: SIM115
         self._mutex = threading.Lock()
 
@@ -152,6 +153,19 @@ class RunStore:
         self._lock_file.close()
 
 
+def _end_torn_line(journal: Path) -> None:
+    """Close a line a killed writer left unfinished, so the next row is not glued onto it (and lost with it)."""
+    try:
+        with open(journal, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+    except FileNotFoundError:
+        pass
+
+
 def _read_journal(path: Path) -> list[dict[str, Any]]:
     rows = []
     if not path.exists():
@@ -188,8 +202,8 @@ def load_run(run: str | Path, runs_dir: Path = RUNS_DIR) -> pd.DataFrame:
     df = read_rows(path)
     scores = path / "scores.parquet"
     if scores.exists() and not df.empty:
-        extra = pd.read_parquet(scores)
-        extra = extra[[c for c in extra.columns if c in KEY or c not in df.columns]]
+        extra = pd.read_parquet(scores)  # `workbench score` output: its columns win over the harness's
+        df = df.drop(columns=[c for c in extra.columns if c in df.columns and c not in KEY])
         df = df.merge(extra, on=list(KEY), how="left")
     return df
 

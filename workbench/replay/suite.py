@@ -47,8 +47,16 @@ class Suite(BaseModel):
     speech_text: dict[str, Any] | None = None  # text clean-up before TTS (pipeline.SpeechTextConfig); None: defaults
     config: Path | None = None  # workbench config (endpoints, models); None: defaults + environment
     turn_timeout_s: float = 60.0
-    gates: list[dict[str, Any]] = Field(default_factory=list)  # used by `workbench eval`
+    gates: list[dict[str, Any]] = Field(default_factory=list)  # `workbench eval` (workbench.analysis.gates.Gate)
     baseline: str = "plain"
+
+    @field_validator("gates")
+    @classmethod
+    def _valid_gates(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from workbench.analysis.gates import parse_gates
+
+        parse_gates(v)  # a bad gate fails when the suite loads, naming it; the dicts stay as written
+        return v
 
     @field_validator("strategies", mode="before")
     @classmethod

@@ -55,6 +55,7 @@ def trace_columns(trace: TurnTrace | None, prompt_text: str, answer: str) -> dic
         "error": trace.error,
         "fallback": trace.fallback,
         "partial": trace.partial,
+        "recovery_s": trace.notes.get("recovery_s"),
         "history_dropped": trace.history_dropped,
     }
 

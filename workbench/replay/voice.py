@@ -159,6 +159,30 @@ class _TurnEvents:
     assistant: list[llm.ChatMessage] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     lk: dict[str, Any] = field(default_factory=dict)
+    # an unrecoverable STT/TTS/LLM error ends the wait at once (no reply is coming), not after turn_timeout_s
+    failure: tuple[str, str] | None = None
+    failed: asyncio.Event = field(default_factory=asyncio.Event)
+    listening: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def _any(*events: asyncio.Event, timeout: float) -> bool:
+    """Wait until one of ``events`` is set (True) or ``timeout`` passes (False)."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        return bool(done)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+def _future_event(fut: asyncio.Future[Any]) -> asyncio.Event:
+    """An event set when ``fut`` is done (so it can be awaited alongside other events)."""
+    e = asyncio.Event()
+    fut.add_done_callback(lambda _: e.set())
+    return e
 
 
 def has_audio(conv: Any, variant: str) -> bool:
@@ -229,6 +253,21 @@ async def replay_voice(
     def on_state(e: Any) -> None:
         if e.old_state == "speaking" and e.new_state == "listening" and ev.assistant:
             ev.done.set()
+        if e.new_state == "listening":
+            ev.listening.set()
+        else:
+            ev.listening.clear()
+
+    def on_error(e: Any) -> None:
+        err = e.error
+        if getattr(err, "recoverable", False) or ev.failure is not None:
+            return  # a retry is still coming; keep the turn's first real failure
+        kind = getattr(err, "type", None) or "error"  # stt_error, tts_error, llm_error
+        ev.failure = (kind, str(getattr(err, "error", err))[:500])
+        ev.failed.set()
+
+    def on_close(e: Any) -> None:
+        ev.closed.set()
 
     def on_metrics(e: Any) -> None:
         m = e.metrics
@@ -238,6 +277,8 @@ async def replay_voice(
     session.on("conversation_item_added", on_item)
     session.on("agent_state_changed", on_state)
     session.on("metrics_collected", on_metrics)
+    session.on("error", on_error)
+    session.on("close", on_close)
     await session.start(agent)
     try:
         for i in range(start_turn, len(conv.turns)):
@@ -255,14 +296,32 @@ async def replay_voice(
             ev.assistant.clear()
             ev.user_committed_at, ev.user_msg, ev.lk = None, None, {}
             ev.done.clear()
+            ev.failure = None
+            ev.failed.clear()
             replies_before, interruptions_before = len(speaker.first_frame_at), speaker.interruptions
-            speech_end_at = await mic.play(utt)
-            try:
-                await asyncio.wait_for(ev.done.wait(), turn_timeout)
-            except TimeoutError:
-                row.update(error_kind="no_reply", error=f"no agent reply within {turn_timeout:.0f} s")
+            played = mic.play(utt)
+            if ev.closed.is_set() or not await _any(_future_event(played), ev.closed, timeout=turn_timeout):
+                # the session closed itself (too many unrecoverable errors): nobody reads the microphone
+                played.cancel()
+                row.update(error_kind="session_closed", error="the agent session closed (unrecoverable errors)")
+                row["answer"] = ""
+                emit(row)
+                continue
+            speech_end_at = played.result()
+            harness_error: tuple[str, str] | None = None
+            if not await _any(ev.done, ev.failed, ev.closed, timeout=turn_timeout):
+                harness_error = ("no_reply", f"no agent reply within {turn_timeout:.0f} s")
+            elif not ev.done.is_set():
+                harness_error = ev.failure or ("session_closed", "the agent session closed")
+                # let a reply cut short by the failure finish (bounded), so the next turn starts from listening
+                await _any(ev.done, ev.closed, ev.listening, timeout=min(turn_timeout, 5.0))
             await asyncio.sleep(0.3 / speed)  # a caller's pause before the next turn
             row.update(_voice_columns(ev, speaker, replies_before, speech_end_at, strategy, realtime))
+            if harness_error is not None:  # the strategy's own fault record, when it has one, comes first
+                if row.get("error_kind"):
+                    row["error"] = f"{row.get('error') or ''}; then {harness_error[0]}: {harness_error[1]}"[:500]
+                else:
+                    row["error_kind"], row["error"] = harness_error
             row["interruptions"] = speaker.interruptions - interruptions_before
             row["wer"] = wer(row["user_text"], row["transcript"]) if row.get("transcript") else None
             emit(row)
@@ -288,7 +347,7 @@ def _voice_columns(
     out["agent_audio_s"] = sum(speaker.durations[replies_before:]) if first is not None else None
     assistant_metrics = ev.assistant[0].metrics if ev.assistant else {}
     if not realtime:  # functional check only: no latency figures
-        for k in ("llm_ttfc_s", "llm_total_s"):
+        for k in ("llm_ttfc_s", "llm_total_s", "recovery_s"):
             out[k] = None
         return out
     out["eou_delay_s"] = ev.user_committed_at - speech_end_at if ev.user_committed_at else None

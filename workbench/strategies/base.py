@@ -260,6 +260,12 @@ class Strategy(llm.LLM):
         await super().aclose()
 
 
+def _speaks(chunk: llm.ChatChunk) -> bool:
+    """A chunk with words or tool calls (not the lone space that separates a cut-off answer from what follows)."""
+    d = chunk.delta
+    return d is not None and (bool((d.content or "").strip()) or bool(d.tool_calls))
+
+
 class StrategyStream(llm.LLMStream):
     def __init__(self, strategy: Strategy, **kwargs: Any) -> None:
         super().__init__(strategy, **kwargs)
@@ -295,6 +301,9 @@ class StrategyStream(llm.LLMStream):
         output = item.has_response()
         if output and trace.first_chunk_s is None:
             trace.first_chunk_s = time.perf_counter() - trace.started
+        if output and trace.error_kind is not None and "recovery_s" not in trace.notes and _speaks(item):
+            # first words of the fallback or apology: when the caller hears the turn recover
+            trace.notes["recovery_s"] = time.perf_counter() - trace.started
         self._event_ch.send_nowait(item)
         self._sent += 1
         return output

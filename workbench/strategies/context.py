@@ -7,6 +7,8 @@ data, so an instruction written inside a document is quoted, never obeyed.
 
 from __future__ import annotations
 
+import re
+
 from livekit.agents.llm import ChatContext, ChatMessage
 
 from workbench.strategies.base import Passage
@@ -18,16 +20,24 @@ CONTEXT_HEADER = (
 )
 
 
+_TAG_START = re.compile(r"<(?=\s*/?\s*documents?\b)", re.IGNORECASE)
+
+
 def _escape(text: str) -> str:
-    # a document cannot close our delimiter early and smuggle text outside it
-    return text.replace("</document>", "</ document>").replace("</documents>", "</ documents>")
+    # a document cannot open or close our delimiters (any case or spacing) and smuggle text outside them
+    return _TAG_START.sub("&lt;", text)
+
+
+def _attr(value: str) -> str:
+    # a source path (a file name from someone else's dataset) cannot break out of its attribute
+    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def format_passages(passages: list[Passage]) -> str:
     """The passages as one delimited block (empty string when there are none)."""
     if not passages:
         return ""
-    body = "\n".join(f'<document source="{p.source}">\n{_escape(p.text.strip())}\n</document>' for p in passages)
+    body = "\n".join(f'<document source="{_attr(p.source)}">\n{_escape(p.text.strip())}\n</document>' for p in passages)
     return f"{CONTEXT_HEADER}\n<documents>\n{body}\n</documents>"
 
 

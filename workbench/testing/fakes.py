@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from livekit import rtc
-from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, stt, tts, vad
+from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectionError, APIConnectOptions, stt, tts, vad
 from livekit.agents.language import LanguageCode
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import AudioBuffer
@@ -116,3 +118,119 @@ class _ToneStream(tts.ChunkedStream):
         tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / t.sample_rate) * 32767).astype(np.int16)
         output_emitter.push(tone.tobytes())
         output_emitter.flush()
+
+
+class ToneSTT(FixedDelaySTT):
+    """Batch STT that "hears" the dominant tone of the speech: ``tones`` maps a frequency (Hz) to its transcript.
+
+    Unlike a list of answers in call order, this stays right when many sessions share one process and run
+    concurrently: each recording says which words it carries (see :func:`tone`). Without ``tones`` it
+    answers like :class:`FixedDelaySTT`.
+    """
+
+    def __init__(self, delay_s: float = 0.1, tones: dict[float, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(delay_s, **kwargs)
+        self.tones = dict(tones or {})
+
+    def heard(self, buffer: AudioBuffer) -> str:
+        if not self.tones:
+            return self.texts.pop(0) if self.texts else self.text
+        frame = buffer if isinstance(buffer, rtc.AudioFrame) else rtc.combine_audio_frames(buffer)
+        pcm = np.frombuffer(frame.data, dtype=np.int16).astype(np.float32)
+        if pcm.size == 0:
+            return ""
+        spectrum = np.abs(np.fft.rfft(pcm * np.hanning(pcm.size)))
+        peak = float(np.fft.rfftfreq(pcm.size, 1 / frame.sample_rate)[int(np.argmax(spectrum))])
+        nearest = min(self.tones, key=lambda f: abs(f - peak))
+        return self.tones[nearest] if abs(nearest - peak) < 10 else ""
+
+    async def _recognize_impl(
+        self, buffer: AudioBuffer, *, language: NotGivenOr[str] = NOT_GIVEN, conn_options: APIConnectOptions
+    ) -> stt.SpeechEvent:
+        self.calls.append(time.time())
+        await asyncio.sleep(self.delay_s)
+        return _final(self.heard(buffer))
+
+
+def _final(text: str) -> stt.SpeechEvent:
+    return stt.SpeechEvent(
+        type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+        request_id=uuid.uuid4().hex,
+        alternatives=[stt.SpeechData(language=LanguageCode("en"), text=text, confidence=1.0)],
+    )
+
+
+def tone(freq: float, seconds: float, rate: int = 16000, amplitude: float = 0.3) -> np.ndarray:
+    """A pure tone: "speech" with an exactly known end that :class:`ToneSTT` recognises by its frequency."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+class FailingSTT(ToneSTT):
+    """:class:`ToneSTT` that raises an API error on recognitions number ``fail_on`` (0-based, in call order)
+    or whenever ``fail_if(transcript)`` is true (it would have heard that transcript).
+
+    ``retryable=False`` by default so LiveKit's STT retry loop (2 s between attempts) does not slow tests;
+    the harness must record the failed turn and go on either way.
+    """
+
+    def __init__(
+        self,
+        delay_s: float = 0.1,
+        *,
+        fail_on: set[int] | None = None,
+        fail_if: Callable[[str], bool] | None = None,
+        retryable: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(delay_s, **kwargs)
+        self.fail_on, self.fail_if, self.retryable = set(fail_on or ()), fail_if, retryable
+        self.failures = 0
+
+    async def _recognize_impl(
+        self, buffer: AudioBuffer, *, language: NotGivenOr[str] = NOT_GIVEN, conn_options: APIConnectOptions
+    ) -> stt.SpeechEvent:
+        n = len(self.calls)
+        self.calls.append(time.time())
+        text = self.heard(buffer)
+        await asyncio.sleep(self.delay_s)
+        if n in self.fail_on or (self.fail_if is not None and self.fail_if(text)):
+            self.failures += 1
+            raise APIConnectionError("scripted STT failure", retryable=self.retryable)
+        return _final(text)
+
+
+class FailingTTS(FixedDelayTTS):
+    """:class:`FixedDelayTTS` whose requests number ``fail_on`` (0-based), or whose text matches ``fail_if``,
+    raise an API error after ``ttfb_s``, before any audio."""
+
+    def __init__(
+        self,
+        ttfb_s: float = 0.08,
+        seconds_per_word: float = 0.05,
+        sample_rate: int = 16000,
+        *,
+        fail_on: set[int] | None = None,
+        fail_if: Callable[[str], bool] | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(ttfb_s, seconds_per_word, sample_rate)
+        self.fail_on, self.fail_if, self.retryable = set(fail_on or ()), fail_if, retryable
+        self.requests = 0
+        self.failures = 0
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.ChunkedStream:
+        n, self.requests = self.requests, self.requests + 1
+        if n in self.fail_on or (self.fail_if is not None and self.fail_if(text)):
+            self.failures += 1
+            return _FailingToneStream(tts=self, input_text=text, conn_options=conn_options)
+        return super().synthesize(text, conn_options=conn_options)
+
+
+class _FailingToneStream(tts.ChunkedStream):
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        t: FailingTTS = self._tts  # type: ignore[assignment]
+        await asyncio.sleep(t.ttfb_s)
+        raise APIConnectionError("scripted TTS failure", retryable=t.retryable)
