@@ -49,7 +49,7 @@ chromium:
 # the main job: every strategy on part of the demo dataset, text and real-time voice, on the embedded models
 demo: setup
 	$(BIN)/workbench doctor
-	$(BIN)/workbench run evals/demo.yaml
+	$(BIN)/workbench run evals/demo.yaml --report
 
 test: setup
 	$(BIN)/ruff check .

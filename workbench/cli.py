@@ -73,6 +73,9 @@ def run_suite(
     run_id: Annotated[str | None, typer.Option(help="Name the run folder (default: time-name-random).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    report: Annotated[
+        bool, typer.Option("--report", help="Then score offline and write runs/<id>/report.html.")
+    ] = False,
 ) -> None:
     """Replay a suite's conversations through each strategy; rows land in runs/<run-id>/ as each turn finishes."""
     from workbench.analysis.summary import run_summary
@@ -91,8 +94,18 @@ def run_suite(
         console.print("[yellow]interrupted: finished turns are saved; continue with --resume[/yellow]")
         raise typer.Exit(130) from None
     df = load_run(result.path)
+    if report:
+        from workbench.analysis.report import build_report
+        from workbench.scoring.persist import score_run_folder
+
+        with console.status("scoring offline and writing the report..."):
+            score_run_folder(result.path, None, None, runs_dir=runs_dir)
+            html = build_report(result.path, runs_dir=runs_dir)
+        df = load_run(result.path)
     print_frame(run_summary(df), title=f"run {result.run_id}: {len(df)} turns ({result.skipped} reused)")
     console.print(f"rows: {result.path}  (load with workbench.load_run({result.run_id!r}))")
+    if report:
+        console.print(f"report: {html}")
 
 
 @app.command()
@@ -460,7 +473,7 @@ def index_cmd(
     with ModelStack(_config(config)) as stack:
         try:
             with console.status(f"indexing {escape(str(path))}..."):
-                s = open_index(path, stack, rebuild=rebuild, out=out).stats
+                s = open_index(path, stack, rebuild=rebuild, out=out, warm=False).stats
         except (KnowledgeError, MissingAssetError) as e:
             console.print(f"[red]cannot index:[/red] {escape(str(e))}")
             raise typer.Exit(2) from e
