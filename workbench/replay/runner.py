@@ -92,7 +92,8 @@ def _jobs(suite: Suite, conversations: list[Any], has_audio: Callable[[Any, str]
                     for name in suite.strategies:
                         jobs.append(Job(name, "text", "", conv, rep))
             else:
-                for conv in select(select(conversations, suite.conversations), suite.voice.conversations):
+                voiced = suite.voice.conversations  # its own selection from the whole dataset, else the suite's
+                for conv in select(conversations, voiced if voiced is not None else suite.conversations):
                     for variant in suite.voice.variants:
                         if not has_audio(conv, variant):
                             continue

@@ -28,7 +28,7 @@ class VoiceOptions(BaseModel):
     variants: list[str] = Field(default_factory=lambda: ["piper"])  # recording variants to play
     realtime: bool = True  # False: functional checks only; rows carry no latency figures
     concurrency: int = 1  # real-time sessions at once (CPU-heavy local models distort each other)
-    conversations: Selection | None = None  # a (smaller) selection for voice mode
+    conversations: Selection | None = None  # voice mode's own selection (from the whole dataset); None: the suite's
     turn_timeout_s: float = 60.0
 
 
