@@ -127,14 +127,38 @@ def rag_llm_node(index: Any, top_k: int = 3, on_passages: Any = None) -> Any:
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
-_MARKUP = re.compile(r"^\s*(#+|[-*]|\d+\.)\s*|[*_`]|\[([^\]]*)\]\([^)]*\)", re.M)
+_BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+_INLINE = re.compile(r"[*_`]|\[([^\]]*)\]\([^)]*\)")
+
+
+def _spoken_lines(text: str) -> list[str]:
+    """Markdown to lines a voice can read: headings dropped, list items joined into one sentence."""
+    lines, items = [], []
+    for raw in text.splitlines():
+        line = _INLINE.sub(lambda m: m.group(1) or "", raw).strip()
+        if not line or line.startswith("#"):
+            continue
+        if _BULLET.match(line):
+            items.append(_BULLET.sub("", line).rstrip(".;,"))
+            continue
+        if items:
+            lines.append(", ".join(items) + ".")
+            items = []
+        lines.append(line)
+    if items:
+        lines.append(", ".join(items) + ".")
+    merged: list[str] = []
+    for line in lines:  # "plans:" followed by the list reads as one sentence
+        if merged and merged[-1].endswith(":"):
+            merged[-1] = f"{merged[-1]} {line}"
+        else:
+            merged.append(line if line.endswith((".", "!", "?", ":")) else line + ".")
+    return merged
 
 
 def speakable(text: str, max_words: int = 45) -> str:
     """A passage trimmed to whole sentences within ``max_words``, markup removed: something a voice can say."""
-    clean = _MARKUP.sub(lambda m: m.group(2) or "", text)
-    lines = [ln.strip() for ln in clean.splitlines() if ln.strip()]
-    sentences = [s for ln in lines for s in _SENTENCE.split(ln if ln.endswith((".", "!", "?")) else ln + ".")]
+    sentences = [s for ln in _spoken_lines(text) for s in _SENTENCE.split(ln)]
     out: list[str] = []
     words = 0
     for s in sentences:

@@ -1,0 +1,133 @@
+"""rag, rag_middleware and extractive against a scripted endpoint and a fixed fake index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from livekit.agents import Agent, AgentSession, llm
+
+from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.models import ModelStack
+from workbench.strategies.base import Passage
+from workbench.strategies.rag import (
+    ExtractiveStrategy,
+    RagMiddlewareStrategy,
+    RagStrategy,
+    rag_llm_node,
+    speakable,
+)
+from workbench.strategies.registry import build
+from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
+
+HOURS = Passage(
+    "# Hours\n\nMain Street is open 8 am to 6 pm on weekdays.\n\n- Closed Sundays", "knowledge/hours.md", 0.8
+)
+PARKING = Passage("Parking is free for 90 minutes in the Harbor garage.", "knowledge/parking.md", 0.4)
+
+
+class FakeIndex:
+    """Answers every query with the same passages and counts the queries."""
+
+    def __init__(self, passages: list[Passage]) -> None:
+        self.passages, self.queries = passages, []
+
+    async def aretrieve(self, query: str, top_k: int = 3) -> list[Passage]:
+        self.queries.append(query)
+        return self.passages[:top_k]
+
+
+@pytest.fixture
+async def endpoint():
+    async with ScriptedEndpoint(Script(text="We open at 8 am.")) as ep:
+        yield ep
+
+
+def stack_for(ep: ScriptedEndpoint, tmp_path: Path) -> ModelStack:
+    cfg = WorkbenchConfig(llm=EndpointConfig(kind="openai", base_url=ep.base_url, model="m"), state_dir=tmp_path)
+    return ModelStack(cfg)
+
+
+def ctx_with(*turns: tuple[str, str]) -> llm.ChatContext:
+    ctx = llm.ChatContext()
+    ctx.add_message(role="system", content="You are Diana.")
+    for role, text in turns:
+        ctx.add_message(role=role, content=text)
+    return ctx
+
+
+async def answer(strategy, ctx: llm.ChatContext) -> str:
+    async with strategy.chat(chat_ctx=ctx) as stream:
+        return "".join([c.delta.content or "" async for c in stream if c.delta])
+
+
+async def test_rag_puts_context_in_the_leading_instructions_and_traces_passages(endpoint, tmp_path) -> None:
+    stack = stack_for(endpoint, tmp_path)
+    index = FakeIndex([HOURS, PARKING])
+    rag = RagStrategy(stack.llm(), index, stack.endpoint(), top_k=2)
+    ctx = ctx_with(("user", "When do you open?"))
+    assert await answer(rag, ctx) == "We open at 8 am."
+    messages = endpoint.chat_requests[-1].messages
+    assert [m["role"] for m in messages] == ["system", "user"]  # no trailing system message
+    assert "You are Diana." in messages[0]["content"] and "8 am to 6 pm" in messages[0]["content"]
+    assert "<documents>" in messages[0]["content"] and messages[1]["content"] == "When do you open?"
+    trace = rag.trace_for(ctx.items[-1].id)
+    assert [p.source for p in trace.contexts] == ["knowledge/hours.md", "knowledge/parking.md"]
+    assert index.queries == ["When do you open?"]
+    await rag.aclose()
+
+
+async def test_rag_middleware_rewrites_a_copy_and_the_history_keeps_the_callers_words(endpoint, tmp_path) -> None:
+    stack = stack_for(endpoint, tmp_path)
+    inner = build("plain", stack)
+    mw = RagMiddlewareStrategy(inner, FakeIndex([HOURS]), top_k=1)
+    ctx = ctx_with(("user", "Are you open on Sunday?"), ("assistant", "No."), ("user", "And Monday?"))
+    assert await answer(mw, ctx) == "We open at 8 am."
+    sent = endpoint.chat_requests[-1].messages
+    assert sent[0]["content"] == "You are Diana."  # instructions untouched
+    assert sent[-1]["role"] == "user" and "8 am to 6 pm" in sent[-1]["content"]
+    assert sent[-1]["content"].endswith("Question: And Monday?")
+    assert sent[1]["content"] == "Are you open on Sunday?"  # earlier turns are not rewritten
+    assert ctx.items[-1].text_content == "And Monday?"  # the session's history is the caller's words
+    assert [p.source for p in mw.trace_for(ctx.items[-1].id).contexts] == ["knowledge/hours.md"]
+    await mw.aclose()
+
+
+async def test_rag_llm_node_hook_in_an_agent_session(endpoint, tmp_path) -> None:
+    stack = stack_for(endpoint, tmp_path)
+    seen: list[list[Passage]] = []
+
+    class ClinicAgent(Agent):
+        llm_node = rag_llm_node(FakeIndex([PARKING]), top_k=1, on_passages=seen.append)
+
+    async with AgentSession(llm=stack.llm()) as session:
+        await session.start(ClinicAgent(instructions="You are Diana."))
+        result = await session.run(user_input="Where do I park?")
+    result.expect.next_event().is_message(role="assistant")
+    assert seen and seen[0][0].source == "knowledge/parking.md"
+    assert "Harbor garage" in endpoint.chat_requests[-1].messages[-1]["content"]
+    users = [m for m in session.history.items if getattr(m, "role", None) == "user"]
+    assert users[-1].text_content == "Where do I park?"
+
+
+async def test_extractive_speaks_the_best_passage_without_calling_a_model(endpoint, tmp_path) -> None:
+    cfg = ExtractiveStrategy.Config(max_words=12)
+    ex = ExtractiveStrategy(FakeIndex([HOURS, PARKING]), cfg)
+    ctx = ctx_with(("user", "When do you open?"))
+    text = await answer(ex, ctx)
+    assert text == "Main Street is open 8 am to 6 pm on weekdays."
+    assert endpoint.chat_requests == []
+    trace = ex.trace_for(ctx.items[-1].id)
+    assert trace.first_chunk_s is not None and trace.first_chunk_s < 0.05
+
+
+async def test_extractive_says_no_answer_below_min_score(tmp_path) -> None:
+    cfg = ExtractiveStrategy.Config(min_score=0.9)
+    ex = ExtractiveStrategy(FakeIndex([PARKING]), cfg)
+    assert await answer(ex, ctx_with(("user", "Can I bring my dog?"))) == cfg.no_answer
+
+
+def test_speakable_reads_markdown_as_sentences() -> None:
+    text = "# Insurance\n\nWe accept these plans:\n\n- Aetna\n- **Cigna**\n\nSee [our page](http://x) for more."
+    assert speakable(text) == "We accept these plans: Aetna, Cigna. See our page for more."
+    assert speakable("One two three. Four five six. Seven eight.", max_words=6) == "One two three. Four five six."
