@@ -308,14 +308,16 @@ async def replay_voice(
                 emit(row)
                 continue
             speech_end_at = played.result()
-            harness_error: tuple[str, str] | None = None
-            if not await _any(ev.done, ev.failed, ev.closed, timeout=turn_timeout):
-                harness_error = ("no_reply", f"no agent reply within {turn_timeout:.0f} s")
-            elif not ev.done.is_set():
-                harness_error = ev.failure or ("session_closed", "the agent session closed")
+            replied = await _any(ev.done, ev.failed, ev.closed, timeout=turn_timeout)
+            if replied and not ev.done.is_set():
                 # let a reply cut short by the failure finish (bounded), so the next turn starts from listening
                 await _any(ev.done, ev.closed, ev.listening, timeout=min(turn_timeout, 5.0))
             await asyncio.sleep(0.3 / speed)  # a caller's pause before the next turn
+            harness_error: tuple[str, str] | None = ev.failure  # also a TTS failure late in a reply that ended
+            if not replied:
+                harness_error = ("no_reply", f"no agent reply within {turn_timeout:.0f} s")
+            elif harness_error is None and not ev.done.is_set():
+                harness_error = ("session_closed", "the agent session closed")
             row.update(_voice_columns(ev, speaker, replies_before, speech_end_at, strategy, realtime))
             if harness_error is not None:  # the strategy's own fault record, when it has one, comes first
                 if row.get("error_kind"):
