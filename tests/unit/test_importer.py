@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -45,11 +46,18 @@ def _session_report(tmp_path: Path, *, with_times: bool = True) -> Path:
     ctx.add_message(role="assistant", content="There are 40 spaces.")
     user("Thanks, bye.", None)  # no timestamps: text only
     ctx.add_message(role="assistant", content="Goodbye!")
+    loop = asyncio.new_event_loop()  # AgentSession() wants a loop; a sync test after async ones has none
+    try:
+        asyncio.set_event_loop(loop)
+        options = AgentSession().options
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
     report = SessionReport(
         job_id="AJ_test",
         room_id="RM_1",
         room="call 42/clinic",
-        options=AgentSession().options,
+        options=options,
         events=[],
         chat_history=ctx,
         audio_recording_started_at=T0,
