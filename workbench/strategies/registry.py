@@ -18,7 +18,15 @@ REGISTRY: dict[str, type[Strategy]] = {}
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make a strategy buildable by its ``kind``."""
+    """Class decorator: make a strategy buildable by its ``kind``.
+
+    A class redefined in place (same module and name: a re-run notebook cell, a reloaded module)
+    replaces its earlier version; another class claiming a taken kind is an error.
+    """
+    old = REGISTRY.get(cls.kind)
+    if old is not None and (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__):
+        REGISTRY[cls.kind] = cls
+        return cls
     if cls.kind in REGISTRY and REGISTRY[cls.kind] is not cls:
         raise ValueError(f"strategy kind {cls.kind!r} is already registered by {REGISTRY[cls.kind].__name__}")
     REGISTRY[cls.kind] = cls
