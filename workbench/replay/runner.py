@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -186,6 +187,8 @@ async def arun(
     total = sum(len(j.conversation.turns) for j in jobs)
     skipped = len(existing)
     strategies: dict[str, Strategy] = {}
+    for module in suite.imports:  # your own strategies register themselves on import
+        importlib.import_module(module)
     knowledge = Path(suite.dataset) / "knowledge"
     for name in suite.strategies:
         strategies[name] = build(with_knowledge(suite.strategy_config(name), knowledge), stack)

@@ -38,6 +38,7 @@ class Suite(BaseModel):
     name: str = "suite"
     dataset: Path = Path("datasets/dianachat_demo")
     strategies: dict[str, str | dict[str, Any]] = Field(default_factory=lambda: {"plain": "plain"})
+    imports: list[str] = Field(default_factory=list)  # modules that register your own strategies (importable names)
     mode: Literal["text", "voice", "both"] = "text"
     repetitions: int = 1
     concurrency: int | None = None  # None: 1 on a local single-slot server (honest latency), else 8
