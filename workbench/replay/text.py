@@ -41,7 +41,9 @@ def trace_columns(trace: TurnTrace | None, prompt_text: str, answer: str) -> dic
     if usage and usage.get("completion_tokens"):
         prompt_t, completion_t, source = usage.get("prompt_tokens"), usage.get("completion_tokens"), "usage"
     else:
-        prompt_t, completion_t, source = count_tokens(prompt_text), count_tokens(answer), "local"
+        # what the model read: instructions, history, the turn, and any retrieved passages
+        prompt_t = count_tokens(prompt_text) + sum(count_tokens(p.text) for p in trace.contexts)
+        completion_t, source = count_tokens(answer), "local"
     return {
         "contexts": [p.text for p in trace.contexts],
         "context_sources": [p.source for p in trace.contexts],
@@ -99,7 +101,7 @@ async def replay_text(
             row["started_at"] = datetime.now(UTC).isoformat()
             t0 = time.perf_counter()
             answer, trace, failure = "", None, None
-            prompt = f"{_prompt_text(agent.chat_ctx)}\n{conv.turns[i].user}"
+            prompt = f"{agent.instructions}\n{_prompt_text(agent.chat_ctx)}\n{conv.turns[i].user}"
             try:
                 result = await asyncio.wait_for(session.run(user_input=conv.turns[i].user), turn_timeout_s)
                 answer = " ".join(
