@@ -395,7 +395,8 @@ def eval_cmd(
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        console.print(f"[red]suite {escape(str(suite))}: {escape(where)}: {escape(first['msg'])}[/red]")
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        console.print(f"[red]suite {escape(str(suite))}: {escape(where)}: {escape(msg)}[/red]")
         raise typer.Exit(2) from e
     except (EvalError, GateSpecError, FileNotFoundError, RunLockedError, ConfigError, KeyError) as e:
         console.print(f"[red]cannot eval:[/red] {escape(str(e.args[0] if isinstance(e, KeyError) else e))}")
