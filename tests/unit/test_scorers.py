@@ -377,7 +377,7 @@ def test_a_judge_that_cannot_follow_the_format_fails_visibly_not_with_placeholde
     assert "faithfulness absent: every row it applies to failed" in outcomes["ragas_llm"]["reason"]
     assert "answer_relevancy: 1 row(s) failed" in outcomes["ragas_llm"]["reason"]
     assert outcomes["livekit_judges"]["status"] == "failed"
-    assert "did not return verdict arguments" in outcomes["livekit_judges"]["reason"]
+    assert "lk_accuracy absent: every row it applies to failed" in outcomes["livekit_judges"]["reason"]
 
 
 def test_judge_cache_key_changes_with_model_and_prompt_and_ignores_key_order() -> None:
