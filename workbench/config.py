@@ -125,6 +125,8 @@ class TurnConfig(_Model):
 class EmbeddingsConfig(_Model):
     kind: Literal["minilm"] = "minilm"
     batch_size: int = 32
+    # MiniLM's Linear weights: fp16 gives fp32's vectors to 4 decimals, faster; int8 is faster still but lossy
+    precision: Literal["fp32", "fp16", "int8"] = "fp16"
 
 
 class WorkbenchConfig(_Model):

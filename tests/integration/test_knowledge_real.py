@@ -75,3 +75,51 @@ async def test_aretrieve_matches_retrieve(index) -> None:
     q = "Can I pay with a personal check?"
     got = await index.aretrieve(q, 3)
     assert got == index.retrieve(q, 3) and got[0].source == "knowledge/payment-methods.md"
+
+
+# -- embedder precision (issue 3 performance): faster query embeddings must not change what is retrieved --------
+
+
+def test_each_precision_reproduces_sentence_transformers_and_batches_like_single_texts(stack) -> None:
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from workbench.config import EmbeddingsConfig
+    from workbench.models.embeddings import MiniLMEmbedder
+
+    questions = list(dict.fromkeys(t.user for t in load_turns(DEMO / "conversations.jsonl")))[:40]
+    reference = SentenceTransformer(str(stack.embedder().path), device="cpu", local_files_only=True).encode(
+        questions, normalize_embeddings=True
+    )
+    # measured: fp32 1.0000000, fp16 0.99999, int8 0.94 (per-channel dynamic quantisation moves vectors)
+    for precision, min_cosine in (("fp32", 0.999999), ("fp16", 0.9999), ("int8", 0.9)):
+        emb = MiniLMEmbedder(EmbeddingsConfig(precision=precision))
+        assert emb.traced, precision  # the frozen graph passed its own check against the eager model
+        batch = emb.embed(questions)
+        single = np.vstack([emb.embed([q]) for q in questions])
+        if precision != "int8":  # int8 scales activations per batch: a vector depends on its batch-mates
+            assert np.allclose(batch, single, atol=1e-4), precision  # padding in a batch changes nothing
+        assert (reference * single).sum(axis=1).min() >= min_cosine, precision
+    assert MiniLMEmbedder.identity(EmbeddingsConfig(precision="fp32")) == "all-MiniLM-L6-v2"  # old indexes stay valid
+    assert len({MiniLMEmbedder.identity(EmbeddingsConfig(precision=p)) for p in MiniLMEmbedder.PRECISIONS}) == 3
+
+
+def test_changing_precision_rebuilds_the_index(tmp_path: Path) -> None:
+    from workbench.config import EmbeddingsConfig, WorkbenchConfig
+    from workbench.models import ModelStack
+
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    (kb / "parking.md").write_text("# Parking\n\nParking is free in the garage behind the Main Street clinic.\n")
+    (kb / "hours.md").write_text("# Hours\n\nMain Street is open Monday to Friday from 8 am to 6 pm.\n")
+    modes = []
+    for precision in ("fp32", "fp16", "fp16"):
+        clear_cache()
+        cfg = WorkbenchConfig(state_dir=tmp_path / "state", embeddings=EmbeddingsConfig(precision=precision))
+        with ModelStack(cfg) as s:
+            idx = open_index(kb, s)
+            modes.append((idx.stats["mode"], idx.embedding.model_name))
+            assert idx.retrieve("Where can I park my car?", 1)[0].source == "kb/parking.md"
+    clear_cache()
+    assert modes == [("built", "all-MiniLM-L6-v2"), ("built", "all-MiniLM-L6-v2+linear-fp16"),
+                     ("loaded", "all-MiniLM-L6-v2+linear-fp16")]  # fmt: skip

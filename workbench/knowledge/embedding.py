@@ -1,7 +1,8 @@
 """Our MiniLM as a llama-index ``BaseEmbedding``: the asset comes from the installed package, never the hub.
 
 Query embeddings are cached by text because replays and repeat runs ask the same questions again
-and a MiniLM forward pass (~8-10 ms on two shared cores) is most of the retrieval budget. Embedding
+and a MiniLM forward pass is most of the retrieval budget (a new question: ~3-6 ms with the default fp16
+weights and frozen graph, 11-25 ms with ``SentenceTransformer.encode`` in fp32, on two shared cores). Embedding
 runs torch on one thread: measured here, two OpenMP threads on two cores that other processes also
 use made a query 5-10x slower (median 190-270 ms against 24-41 ms at load 5) and a 123-chunk build
 2x slower (7.6-9.1 s against 4.5-4.7 s), and barely help on an idle machine.

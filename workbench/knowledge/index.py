@@ -366,7 +366,8 @@ def open_index(
             else:
                 from workbench.models.embeddings import MiniLMEmbedder
 
-                embedding = MiniLMEmbedding(stack.embedder, name=MiniLMEmbedder.name)  # type: ignore[union-attr]
+                name = MiniLMEmbedder.identity(stack.config.embeddings)  # type: ignore[union-attr]
+                embedding = MiniLMEmbedding(stack.embedder, name=name)  # type: ignore[union-attr]
             index = KnowledgeIndex(folder, index_dir, embedding)
             index._owner = embedder if embedder is not None else stack  # keeps id() in the key valid
     index.sync(rebuild=rebuild)
