@@ -108,8 +108,10 @@ def test_voice_concurrency_keeps_voice_to_voice(benchmark, tmp_path: Path) -> No
         (ds / "conversations.jsonl").write_text(
             "\n".join(lines.replace('"id": "c0"', f'"id": "c{i}"') for i in range(n)) + "\n"
         )
+        from workbench.testing.scripted_endpoint import EndpointProcess
+
         stt = FixedDelaySTT(delay_s=0.1, text="question")
-        with ScriptedEndpoint(Script(ttft_s=0.15, text="Sure, we open at eight.")) as ep:
+        with EndpointProcess(text="Sure, we open at eight.", ttft_s=0.15) as ep:  # its own process: no shared GIL
             suite = Suite(dataset=ds, mode="voice")
             suite.voice.concurrency = n
             res = await arun(suite, runs_dir=root / "runs", stack=fake_speech_stack(ep, root, stt), progress=False)

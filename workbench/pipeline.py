@@ -214,8 +214,11 @@ def build_session(
     :class:`DianaAgent` applies them itself (once, with the replacements, and switchable).
     """
     if mode == "text":
+        # manual turn detection: typed turns need no end-of-turn model (its per-session start-up is pure overhead)
         return AgentSession(
-            llm=strategy, turn_handling={"preemptive_generation": {"enabled": False}}, tts_text_transforms=None
+            llm=strategy,
+            turn_handling={"turn_detection": "manual", "preemptive_generation": {"enabled": False}},
+            tts_text_transforms=None,
         )
     cfg = stack.config.turn
     return AgentSession(
