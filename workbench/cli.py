@@ -66,6 +66,18 @@ def strategies() -> None:
     console.print(table)
 
 
+def _quiet_known_livekit_warnings() -> None:
+    """Drop livekit-agents warnings that the replay harness triggers on purpose, once per session, so a
+    run's output shows what matters (our own warnings and errors still print)."""
+    known = ("is deprecated", "resume_false_interruption is enabled but audio output does not support pause")
+
+    class _Known(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not any(k in record.getMessage() for k in known)
+
+    logging.getLogger("livekit.agents").addFilter(_Known())
+
+
 @app.command("run")
 def run_suite(
     suite: Annotated[Path | None, typer.Argument(help="Suite YAML (dataset, strategies, mode, repetitions).")] = None,
@@ -82,6 +94,7 @@ def run_suite(
     from workbench.replay import load_run, run
     from workbench.replay.store import RunLockedError
 
+    _quiet_known_livekit_warnings()
     if suite is None and resume is None:
         console.print("[red]give a SUITE.yaml, or --resume RUN_ID[/red]")
         raise typer.Exit(2)
