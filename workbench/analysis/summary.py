@@ -25,4 +25,7 @@ def run_summary(df: pd.DataFrame) -> pd.DataFrame:
             "answer_words": g["answer_words"].mean(),
         }
     )
+    for col in ("fact_recall", "semantic_similarity", "wer"):  # quality, once the run is scored
+        if col in d.columns and d[col].notna().any():
+            out[col] = g[col].mean()
     return out.round(3).reset_index()
