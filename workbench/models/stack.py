@@ -96,7 +96,10 @@ class ModelStack:
         """``livekit.plugins.openai.LLM`` on the endpoint: how every strategy reaches a model."""
         ep = self.endpoint(name)
         c = ep.config
-        extra = {"extra_body": {"seed": c.seed}} if c.seed is not None else {}
+        body: dict[str, Any] = {"seed": c.seed} if c.seed is not None else {}
+        if c.kind == "local":  # llama.cpp's server ignores max_completion_tokens: without this, answers are unbounded
+            body["max_tokens"] = c.max_tokens
+        extra = {"extra_body": body} if body else {}
         return lk_openai.LLM(
             model=ep.model,
             client=self.http_client(ep),
