@@ -402,6 +402,7 @@ def eval_cmd(
     from workbench.analysis.evals import VERDICT_FILE, EvalError, run_eval
     from workbench.analysis.gates import GateSpecError
     from workbench.replay.store import RunLockedError
+    from workbench.replay.suite import SuiteError
 
     try:
         verdict = run_eval(suite, run=run, baseline=baseline, run_id=run_id, runs_dir=runs_dir, progress=not quiet)
@@ -411,7 +412,7 @@ def eval_cmd(
         msg = str(first["msg"]).removeprefix("Value error, ")
         console.print(f"[red]suite {escape(str(suite))}: {escape(where)}: {escape(msg)}[/red]")
         raise typer.Exit(2) from e
-    except (EvalError, GateSpecError, FileNotFoundError, RunLockedError, ConfigError, KeyError) as e:
+    except (EvalError, GateSpecError, SuiteError, FileNotFoundError, RunLockedError, ConfigError, KeyError) as e:
         console.print(f"[red]cannot eval:[/red] {escape(str(e.args[0] if isinstance(e, KeyError) else e))}")
         raise typer.Exit(2) from e
     except KeyboardInterrupt:

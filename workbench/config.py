@@ -149,9 +149,21 @@ class WorkbenchConfig(_Model):
 
 
 def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    if not all(keys):
+        raise ValueError(f"{'__'.join(keys)!r}: empty section name")
     for k in keys[:-1]:
         data = data.setdefault(k, {})
+        if not isinstance(data, dict):
+            raise ValueError(f"{'__'.join(keys)!r}: {k!r} is set both as a value and as a section")
     data[keys[-1]] = value
+
+
+def _env_value(raw: str) -> Any:
+    """YAML when it parses (numbers, booleans, lists), else the plain string."""
+    try:
+        return yaml.safe_load(raw) if raw else raw
+    except yaml.YAMLError:
+        return raw
 
 
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -160,7 +172,7 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
     for key, raw in (environ if environ is not None else os.environ).items():
         if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
             path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
-            _set_path(out, path, yaml.safe_load(raw) if raw else raw)
+            _set_path(out, path, _env_value(raw))
     return out
 
 
@@ -184,12 +196,15 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         p = Path(path)
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise ConfigError(f"{p}: cannot read config: {e}") from e
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: a config must be a mapping, got {type(loaded).__name__}")
         data = loaded
-    data = _deep_merge(data, env_overrides(env))
+    try:
+        data = _deep_merge(data, env_overrides(env))
+    except ValueError as e:
+        raise ConfigError(f"environment WORKBENCH__ variables: {e}") from e
     try:
         return WorkbenchConfig.model_validate(data)
     except ValueError as e:

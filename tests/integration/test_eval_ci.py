@@ -162,6 +162,9 @@ def test_cli_exit_codes(world: Path) -> None:
         "or min:" in " ".join(res.stdout.split())  # fmt: skip
     res = runner.invoke(app, ["eval", str(world / "cli.yaml"), *runs, "--run", "cli1", "--baseline", "nope"], env=env)
     assert res.exit_code == 2 and "baseline: no run 'nope'" in res.stdout
+    (world / "broken.yaml").write_text("gates: [unclosed\n")
+    res = runner.invoke(app, ["eval", str(world / "broken.yaml"), *runs, "--run", "cli1"], env=env)
+    assert res.exit_code == 2 and "not a YAML suite" in res.stdout
     write_suite(world, "nogates", "default", gates=[])
     res = runner.invoke(app, ["eval", str(world / "nogates.yaml"), *runs, "--run", "cli1"], env=env)
     assert res.exit_code == 2 and "defines no gates" in res.stdout

@@ -65,8 +65,12 @@ class Suite(BaseModel):
         if isinstance(v, list):  # [plain, rag, {name: x, kind: rag}] -> mapping by name
             out = {}
             for item in v:
-                name = item if isinstance(item, str) else item.get("name") or item["kind"]
-                out[name] = item
+                if isinstance(item, str):
+                    out[item] = item
+                elif isinstance(item, dict) and isinstance(item.get("name") or item.get("kind"), str):
+                    out[item.get("name") or item["kind"]] = item
+                else:
+                    raise ValueError(f"a strategy is a name or a mapping with a kind, got {item!r}")
             return out
         return v
 
@@ -81,10 +85,17 @@ class Suite(BaseModel):
         return ["text", "voice"] if self.mode == "both" else [self.mode]
 
 
+class SuiteError(ValueError):
+    """A suite file that cannot be read as YAML (field errors are pydantic ``ValidationError``s)."""
+
+
 def load_suite(path: str | Path) -> Suite:
     """A suite from YAML; relative dataset/config paths are resolved against the suite file's folder first."""
     p = Path(path)
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise SuiteError(f"{p}: not a YAML suite: {e}") from e
     suite = Suite.model_validate(data)
     for attr in ("dataset", "config"):
         val = getattr(suite, attr)
