@@ -128,12 +128,6 @@ class RunStore:
             self._journal.write(line + "\n")
             self._journal.flush()
 
-    def done_keys(self) -> set[tuple[Any, ...]]:
-        df = read_rows(self.path)
-        if df.empty:
-            return set()
-        return set(df[list(KEY)].itertuples(index=False, name=None))
-
     def compact(self) -> None:
         """Fold the journal into the Parquet file atomically, then empty the journal."""
         with self._mutex:

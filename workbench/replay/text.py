@@ -16,7 +16,7 @@ from livekit.agents import llm
 
 from workbench.models import ModelStack
 from workbench.pipeline import build_agent, build_session
-from workbench.strategies.base import Strategy, TurnTrace, count_tokens, error_kind
+from workbench.strategies.base import Strategy, TurnTrace, count_tokens, error_kind, last_user_message
 
 
 def dataset_row(conv: Any, turn_index: int) -> dict[str, Any]:
@@ -111,7 +111,7 @@ async def replay_text(
                 ).strip()
             except Exception as e:  # the turn fails loudly in its row; the conversation goes on
                 failure = e
-            user_msg = _last_user(agent.chat_ctx)
+            user_msg = last_user_message(agent.chat_ctx)
             trace = strategy.trace_for(user_msg.id) if user_msg else None
             row.update(trace_columns(trace, prompt, answer))
             row["answer"] = answer
@@ -121,10 +121,3 @@ async def replay_text(
             emit(row)
     finally:
         await session.aclose()
-
-
-def _last_user(ctx: llm.ChatContext) -> llm.ChatMessage | None:
-    for item in reversed(ctx.items):
-        if isinstance(item, llm.ChatMessage) and item.role == "user":
-            return item
-    return None

@@ -59,8 +59,6 @@ class RealtimeMicrophone(io.AudioInput):
         self._t0: float | None = None
         self._n = 0
         self._closed = False
-        self._started: asyncio.Future[float] | None = None
-        self._speech_end_at: float | None = None
         self._silence = rtc.AudioFrame(bytes(FRAME * 2), RATE, 1, FRAME)
 
     def play(self, utt: Utterance) -> asyncio.Future[float]:
