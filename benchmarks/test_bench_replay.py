@@ -60,7 +60,7 @@ def test_harness_overhead_per_text_turn(benchmark, instant_endpoint, tmp_path: P
             rows: list[dict] = []
             t0 = time.perf_counter()
             await replay_text(stack, strategy, conv, emit=rows.append)
-            harness.append((time.perf_counter() - t0 - 0.02) / TURNS)  # minus the fixed settle pause per session
+            harness.append((time.perf_counter() - t0) / TURNS)
         await strategy.aclose()
 
     benchmark.pedantic(lambda: asyncio.run(measure()), rounds=1, iterations=1)

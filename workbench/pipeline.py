@@ -17,6 +17,7 @@ from livekit.agents.voice.transcription.filters import filter_emoji, filter_mark
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workbench.models import ModelStack
+from workbench.strategies.base import Strategy
 
 DEFAULT_INSTRUCTIONS = (
     "You are Diana, the friendly front-desk voice assistant of a medical clinic. "
@@ -201,6 +202,10 @@ def build_agent(
     return DianaAgent(instructions=instructions, speech_text=speech_text, **kwargs)
 
 
+def _for_session(model: llm.LLM) -> llm.LLM:
+    return model.for_session() if isinstance(model, Strategy) else model
+
+
 def build_session(
     stack: ModelStack,
     strategy: llm.LLM,
@@ -216,7 +221,7 @@ def build_session(
     if mode == "text":
         # manual turn detection: typed turns need no end-of-turn model (its per-session start-up is pure overhead)
         return AgentSession(
-            llm=strategy,
+            llm=_for_session(strategy),
             turn_handling={"turn_detection": "manual", "preemptive_generation": {"enabled": False}},
             tts_text_transforms=None,
         )
@@ -224,7 +229,7 @@ def build_session(
     return AgentSession(
         vad=stack.vad(),
         stt=stack.stt(),
-        llm=strategy,
+        llm=_for_session(strategy),
         tts=stack.tts(tts_kind),
         turn_handling={
             "turn_detection": stack.turn_detection(),

@@ -12,13 +12,13 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from livekit.agents import stt as lk_stt
 from livekit.agents import tts as lk_tts
 from livekit.agents import vad as lk_vad
 from livekit.plugins import openai as lk_openai
 
 from workbench.config import EndpointConfig, WorkbenchConfig, load_config
+from workbench.models.chat_client import ChatClient
 from workbench.models.llm_server import LocalLLMServer
 
 
@@ -71,9 +71,6 @@ class ModelStack:
         """
         import asyncio
 
-        import openai
-        import openai.resources  # the SDK imports it lazily on first use: 0.5 s inside a turn
-
         try:
             loop: Any = asyncio.get_running_loop()
         except RuntimeError:
@@ -81,14 +78,8 @@ class ModelStack:
         with self._lock:
             per_loop = self._clients.setdefault(loop, {}) if loop is not None else self._sync_clients
             if endpoint.name not in per_loop:
-                per_loop[endpoint.name] = openai.AsyncClient(
-                    base_url=endpoint.base_url,
-                    api_key=endpoint.config.api_key(),
-                    max_retries=0,
-                    http_client=httpx.AsyncClient(
-                        timeout=httpx.Timeout(endpoint.config.timeout_s, connect=5.0),
-                        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-                    ),
+                per_loop[endpoint.name] = ChatClient(
+                    base_url=endpoint.base_url, api_key=endpoint.config.api_key(), timeout_s=endpoint.config.timeout_s
                 )
             return per_loop[endpoint.name]
 

@@ -33,8 +33,11 @@ def dataset_row(conv: Any, turn_index: int) -> dict[str, Any]:
     }
 
 
-def trace_columns(trace: TurnTrace | None, prompt_text: str, answer: str) -> dict[str, Any]:
-    """The strategy's side of a turn row; tokens from reported usage when present, else counted here."""
+def trace_columns(trace: TurnTrace | None, prompt_text: Callable[[], str], answer: str) -> dict[str, Any]:
+    """The strategy's side of a turn row; tokens from reported usage when present, else counted here.
+
+    ``prompt_text`` is called only when the endpoint reported no usage (building it walks the history).
+    """
     if trace is None:
         return {"error_kind": "no_llm_call", "error": "the session produced no LLM call for this turn"}
     usage = trace.notes.get("usage")
@@ -42,7 +45,7 @@ def trace_columns(trace: TurnTrace | None, prompt_text: str, answer: str) -> dic
         prompt_t, completion_t, source = usage.get("prompt_tokens"), usage.get("completion_tokens"), "usage"
     else:
         # what the model read: instructions, history, the turn, and any retrieved passages
-        prompt_t = count_tokens(prompt_text) + sum(count_tokens(p.text) for p in trace.contexts)
+        prompt_t = count_tokens(prompt_text()) + sum(count_tokens(p.text) for p in trace.contexts)
         completion_t, source = count_tokens(answer), "local"
     return {
         "contexts": [p.text for p in trace.contexts],
@@ -94,16 +97,20 @@ async def replay_text(
     )
     session = build_session(stack, strategy, mode="text")
     await session.start(agent)
-    await asyncio.sleep(0.02)  # let the session's start-up tasks settle, as before a caller's first words
     try:
         for i in range(start_turn, len(conv.turns)):
             row = dataset_row(conv, i)
             row["started_at"] = datetime.now(UTC).isoformat()
             t0 = time.perf_counter()
             answer, trace, failure = "", None, None
-            prompt = f"{agent.instructions}\n{_prompt_text(agent.chat_ctx)}\n{conv.turns[i].user}"
+            history = agent.chat_ctx  # before this turn: what the model reads besides the turn itself
+
+            def prompt(history: llm.ChatContext = history, user: str = conv.turns[i].user) -> str:
+                return f"{agent.instructions}\n{_prompt_text(history)}\n{user}"
+
             try:
-                result = await asyncio.wait_for(session.run(user_input=conv.turns[i].user), turn_timeout_s)
+                async with asyncio.timeout(turn_timeout_s):  # no extra task per turn, unlike wait_for
+                    result = await session.run(user_input=conv.turns[i].user)
                 answer = " ".join(
                     ev.item.text_content or ""
                     for ev in result.events

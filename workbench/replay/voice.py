@@ -341,7 +341,7 @@ def _voice_columns(
     transcript = " ".join(t for _, t in ev.finals)
     answer = " ".join(m.text_content or "" for m in ev.assistant).strip()
     trace = strategy.trace_for(ev.user_msg.id) if ev.user_msg is not None else None
-    out = trace_columns(trace, transcript, answer) if trace is not None else {}
+    out = trace_columns(trace, lambda: transcript, answer) if trace is not None else {}
     out.update(answer=answer, transcript=transcript, lk_metrics=json.dumps(ev.lk, default=str))
     first = speaker.first_frame_at[replies_before] if len(speaker.first_frame_at) > replies_before else None
     out["agent_audio_s"] = sum(speaker.durations[replies_before:]) if first is not None else None

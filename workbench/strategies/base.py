@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import functools
 import logging
 import time
 import uuid
@@ -23,6 +25,7 @@ from typing import Any, ClassVar
 
 import httpx
 import openai
+from livekit import rtc
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     APIConnectionError,
@@ -114,8 +117,12 @@ def _one_error_kind(e: BaseException) -> str | None:
     return None  # livekit's APIConnectionError says nothing by itself: look at its cause
 
 
+@functools.lru_cache(maxsize=8192)
 def count_tokens(text: str) -> int:
-    """Local token estimate (GPT-2 BPE, shipped with Whisper): close enough when an endpoint reports no usage."""
+    """Local token estimate (GPT-2 BPE, shipped with Whisper): close enough when an endpoint reports no usage.
+
+    Cached: history trimming recounts every earlier message on every turn.
+    """
     return len(_encoder().encode(text, add_special_tokens=False).ids) if text else 0
 
 
@@ -233,6 +240,18 @@ class Strategy(llm.LLM):
         stream = StrategyStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=opts)
         self._streams.add(stream)
         return stream
+
+    def for_session(self) -> Strategy:
+        """This strategy for one ``AgentSession``: the same clients, index and traces, its own events.
+
+        A session subscribes to its LLM's ``metrics_collected`` and ``error`` events. Sessions sharing
+        one strategy object would each receive every other session's metrics and errors, and the cost
+        of every event would grow with the number of concurrent sessions. The handle is a shallow copy:
+        strategies keep their state in objects built in ``__init__``, which the copy shares.
+        """
+        handle = copy.copy(self)
+        rtc.EventEmitter.__init__(handle)
+        return handle
 
     # -- traces for the harness -------------------------------------------------------
     def trace_for(self, user_message_id: str) -> TurnTrace | None:

@@ -1,0 +1,156 @@
+"""The chat client (``workbench/models/chat_client.py``): pooled connections survive streamed answers,
+an interrupted answer still closes its connection at once, and the plain-JSON fast path sends exactly
+what the OpenAI SDK sends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import pytest
+from livekit.agents import AgentSession, llm
+
+from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.models import ModelStack
+from workbench.models.chat_client import ChatClient, is_plain_json
+from workbench.pipeline import build_agent, build_session
+from workbench.strategies import build
+from workbench.testing import Script, ScriptedEndpoint
+
+MESSAGES = [
+    {"role": "system", "content": "You are Diana."},
+    {"role": "user", "content": "When do you open?"},
+    {"role": "assistant", "content": "At eight.", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "hours", "arguments": "{\"day\": \"mon\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "8-18"},
+    {"role": "user", "content": [{"type": "text", "text": "And on Sunday?"}]},
+]  # fmt: skip
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[ScriptedEndpoint]:
+    async with ScriptedEndpoint(Script(text="We open at eight on weekdays.")) as ep:
+        yield ep
+
+
+def counting_connects(loop: asyncio.AbstractEventLoop) -> dict[str, int]:
+    """Count TCP connects made on this loop (what a new pooled connection costs)."""
+    seen = {"n": 0}
+    real = loop.sock_connect
+
+    async def sock_connect(sock: Any, address: Any) -> None:
+        seen["n"] += 1
+        await real(sock, address)
+
+    loop.sock_connect = sock_connect  # type: ignore[method-assign]
+    return seen
+
+
+async def stream_text(client: openai.AsyncOpenAI, **params: Any) -> str:
+    stream = await client.chat.completions.create(model="m", stream=True, **params)
+    async with stream:
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+
+async def test_streamed_answers_reuse_one_connection(upstream: ScriptedEndpoint) -> None:
+    connects = counting_connects(asyncio.get_running_loop())
+    client = ChatClient(base_url=upstream.base_url, api_key="k", timeout_s=10)
+    answers = [await stream_text(client, messages=MESSAGES) for _ in range(5)]
+    assert answers == ["We open at eight on weekdays."] * 5
+    assert connects["n"] == 1 and upstream.open_connections == 1
+    # the SDK's own client, for comparison: a new connection per streamed answer (openai-python #3440)
+    plain = openai.AsyncOpenAI(base_url=upstream.base_url, api_key="k")
+    before = connects["n"]
+    for _ in range(3):
+        await stream_text(plain, messages=MESSAGES)
+    assert connects["n"] - before == 3
+    await client.close()
+    await plain.close()
+
+
+async def test_an_interrupted_answer_closes_its_connection_at_once(upstream: ScriptedEndpoint) -> None:
+    upstream.push(Script(text=" ".join(["word"] * 40), gap_s=0.05))
+    client = ChatClient(base_url=upstream.base_url, api_key="k", timeout_s=10)
+    stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+    async for _ in stream:
+        break
+    t0 = time.perf_counter()
+    await stream.close()
+    assert time.perf_counter() - t0 < 0.05  # no waiting for the rest of the answer
+    rec = upstream.chat_requests[0]
+    assert await rec.wait_done(1.0) and rec.disconnected and not rec.completed
+    assert await stream_text(client, messages=MESSAGES) == "We open at eight on weekdays."  # a fresh connection
+    await client.close()
+
+
+async def test_the_fast_path_sends_what_the_sdk_sends(upstream: ScriptedEndpoint) -> None:
+    params: dict[str, Any] = {
+        "messages": MESSAGES,
+        "temperature": 0.2,
+        "max_completion_tokens": 64,
+        "stream_options": {"include_usage": True},
+        "tools": openai.omit,
+        "tool_choice": openai.NOT_GIVEN,
+        "extra_body": {"max_tokens": 64},
+        "extra_headers": {"X-Trace": "t1"},
+    }
+    fast = ChatClient(base_url=upstream.base_url, api_key="k", timeout_s=10)
+    sdk = openai.AsyncOpenAI(base_url=upstream.base_url, api_key="k", max_retries=0)
+    await stream_text(fast, **params)
+    await stream_text(sdk, **params)
+    a, b = upstream.chat_requests
+    assert a.body == b.body and "tools" not in a.body and a.body["max_tokens"] == 64
+    assert a.headers["X-Trace"] == b.headers["X-Trace"] == "t1"
+    assert a.headers["Authorization"] == b.headers["Authorization"] == "Bearer k"
+    await fast.close()
+    await sdk.close()
+
+
+async def test_parameters_that_are_not_plain_json_take_the_sdks_path(upstream: ScriptedEndpoint) -> None:
+    client = ChatClient(base_url=upstream.base_url, api_key="k", timeout_s=10)
+    as_tuple = tuple(dict(m) for m in MESSAGES[:2])  # an iterable the SDK turns into a list
+    assert not is_plain_json({"messages": as_tuple})
+    assert await stream_text(client, messages=as_tuple) == "We open at eight on weekdays."
+    assert upstream.chat_requests[0].body["messages"] == MESSAGES[:2]
+    reply = await client.chat.completions.create(model="m", messages=MESSAGES)  # not streamed: the SDK's path
+    assert reply.choices[0].message.content == "We open at eight on weekdays."
+    await client.close()
+
+
+def test_plain_json_means_json_types_only() -> None:
+    assert is_plain_json({"a": [1, 2.5, "x", None, True, {"b": []}]})
+    assert not is_plain_json({"a": (1, 2)}) and not is_plain_json({1: "x"}) and not is_plain_json({"a": b"x"})
+    deep: Any = "x"
+    for _ in range(40):
+        deep = [deep]
+    assert not is_plain_json(deep)  # too deep to walk cheaply: the SDK decides
+
+
+async def test_sessions_sharing_a_strategy_see_only_their_own_metrics(upstream: ScriptedEndpoint) -> None:
+    stack = ModelStack(WorkbenchConfig(llm=EndpointConfig(kind="openai", base_url=upstream.base_url, model="m")))
+    strategy = build("plain", stack)
+    sessions: list[AgentSession] = [build_session(stack, strategy, mode="text") for _ in range(2)]
+    seen: list[list[Any]] = [[], []]
+    errors: list[list[Any]] = [[], []]
+    for i, session in enumerate(sessions):
+        session.on("metrics_collected", lambda e, i=i: seen[i].append(e.metrics))
+        session.on("error", lambda e, i=i: errors[i].append(e))
+        await session.start(build_agent())
+    assert all(s.llm is not strategy and s.llm.label == strategy.label for s in sessions)
+    await sessions[0].run(user_input="When do you open?")
+    await sessions[0].run(user_input="And on Sunday?")
+    await sessions[1].run(user_input="Where are you?")
+    llm_metrics = [[m for m in got if m.type == "llm_metrics"] for got in seen]
+    assert [len(m) for m in llm_metrics] == [2, 1]  # each session counts only its own turns
+    # traces stay in the one strategy: the harness reads any session's turn from it
+    for session in sessions:
+        user = [i for i in session.history.items if isinstance(i, llm.ChatMessage) and i.role == "user"][-1]
+        trace = strategy.trace_for(user.id)
+        assert trace is not None and trace.first_chunk_s is not None
+    for session in sessions:
+        await session.aclose()
+    await strategy.aclose()
+    assert errors == [[], []]

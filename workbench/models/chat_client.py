@@ -1,0 +1,143 @@
+"""The OpenAI client every chat endpoint is reached through, with two fixes for per-turn cost.
+
+1. Connections stay pooled across streamed answers. The OpenAI SDK stops reading a stream at
+   ``data: [DONE]`` and closes the response before the chunked-encoding terminator that follows
+   has been read; httpcore then discards the connection, so every turn pays a new TCP (and, for
+   hosted endpoints, TLS) handshake. This is openai-python issue #3440, where the maintainers
+   prefer a fix in the transport layer: here it is. A response whose last event was ``[DONE]`` has
+   its few remaining bytes read (bounded in time and size) before it is closed, and its connection
+   goes back to the pool. A response closed mid-answer (a caller interrupting, a timeout) is closed
+   at once, exactly as before.
+2. Streamed chat requests whose parameters are plain JSON skip the SDK's request transform. The
+   SDK walks every message against each member of the message-type union (about 2 ms of CPU per
+   request with a few turns of history, half of what a whole turn costs against an instant
+   endpoint); for plain JSON that walk only drops omitted parameters, because chat parameters
+   have no aliases or formatted fields. Anything else (pydantic objects, files, iterators) takes
+   the SDK's own path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from functools import cached_property
+from typing import Any
+
+import httpx
+import openai
+from openai._base_client import make_request_options
+from openai._types import NotGiven, Omit
+from openai.resources.chat import AsyncChat
+from openai.resources.chat.completions import AsyncCompletions
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+DONE_MARKER = b"data: [DONE]"
+DRAIN_TIMEOUT_S = 0.25
+"""How long a finished stream's terminator may take to arrive before the connection is dropped."""
+DRAIN_MAX_BYTES = 64 * 1024
+
+
+class _DrainingStream(httpx.AsyncByteStream):
+    """The response body as it streams, remembering its tail to know whether the server said [DONE]."""
+
+    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+        self._inner = inner
+        self._iter: AsyncIterator[bytes] | None = None
+        self._tail = b""
+        self._exhausted = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self._iter = aiter(self._inner)
+        async for chunk in self._iter:
+            self._tail = (self._tail + chunk)[-64:]
+            yield chunk
+        self._exhausted = True
+
+    @property
+    def finished_by_server(self) -> bool:
+        return DONE_MARKER in self._tail and self._tail.rstrip().endswith(b"[DONE]")
+
+    async def aclose(self) -> None:
+        if self._iter is not None and not self._exhausted and self.finished_by_server:
+            try:  # only the chunked terminator is left: read it so the connection can be reused
+                read = 0
+                async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                    async for chunk in self._iter:
+                        read += len(chunk)
+                        if read > DRAIN_MAX_BYTES:
+                            break
+            except (TimeoutError, httpx.HTTPError, OSError):
+                pass  # not reusable after all: closed below, as the SDK would have
+        await self._inner.aclose()
+
+
+class KeepAliveTransport(httpx.AsyncBaseTransport):
+    """``httpx.AsyncHTTPTransport`` whose streamed responses that ended with ``[DONE]`` release their connection."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._inner = httpx.AsyncHTTPTransport(**kwargs)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _DrainingStream(response.stream)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def pooled_client(timeout_s: float, *, max_connections: int = 64, keepalive: int = 16) -> httpx.AsyncClient:
+    """The ``httpx.AsyncClient`` every chat endpoint uses: pooled, keep-alive across streamed answers."""
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=keepalive)
+    return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0), transport=KeepAliveTransport(limits=limits))
+
+
+_REQUEST_OPTIONS = ("extra_headers", "extra_query", "extra_body", "timeout")
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def is_plain_json(value: Any, depth: int = 0) -> bool:
+    """True for str-keyed dicts, lists, strings, numbers, booleans and None, nested at most 32 deep."""
+    if isinstance(value, _JSON_SCALARS):
+        return True
+    if depth > 32:
+        return False
+    if type(value) is dict:
+        return all(type(k) is str and is_plain_json(v, depth + 1) for k, v in value.items())
+    if type(value) is list:
+        return all(is_plain_json(v, depth + 1) for v in value)
+    return False
+
+
+class _ChatCompletions(AsyncCompletions):
+    async def create(self, **params: Any) -> Any:  # type: ignore[override]
+        body = {k: v for k, v in params.items() if k not in _REQUEST_OPTIONS and not isinstance(v, Omit | NotGiven)}
+        if body.get("stream") is not True or not is_plain_json(body):
+            return await super().create(**params)
+        options = {k: params[k] for k in _REQUEST_OPTIONS if k in params}
+        return await self._post(
+            "/chat/completions",
+            body=body,
+            options=make_request_options(**options, security={"bearer_auth": True}),
+            cast_to=ChatCompletion,
+            stream=True,
+            stream_cls=openai.AsyncStream[ChatCompletionChunk],
+        )
+
+
+class _Chat(AsyncChat):
+    @cached_property
+    def completions(self) -> AsyncCompletions:
+        return _ChatCompletions(self._client)
+
+
+class ChatClient(openai.AsyncOpenAI):
+    """``openai.AsyncOpenAI`` with keep-alive streaming and the plain-JSON fast path for chat requests."""
+
+    def __init__(self, *, base_url: str, api_key: str, timeout_s: float) -> None:
+        super().__init__(base_url=base_url, api_key=api_key, max_retries=0, http_client=pooled_client(timeout_s))
+
+    @cached_property
+    def chat(self) -> AsyncChat:
+        return _Chat(self)
