@@ -16,27 +16,34 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
-from test_replay_text import make_dataset, scripted_stack
+from test_replay_text import make_dataset
 from test_replay_voice import fake_speech_stack, voice_dataset
 
 from workbench.replay import Suite, arun, load_run
 from workbench.replay.text import replay_text
 from workbench.testing.fakes import FixedDelaySTT
-from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
+from workbench.testing.scripted_endpoint import EndpointProcess
 
 TURNS = 12
 
 
 @pytest.fixture(scope="module")
 def instant_endpoint():
-    with ScriptedEndpoint(Script(text="Sure.")) as ep:
+    """An instant endpoint in its own process, like any real one: in a thread of ours it would share the
+    GIL, and each hand-over between it and the measured code would add latency that grows with the work
+    done in between, which is an artefact of the set-up, not a cost of the harness."""
+    with EndpointProcess(text="Sure.") as ep:
         yield ep
 
 
 def test_harness_overhead_per_text_turn(benchmark, instant_endpoint, tmp_path: Path) -> None:
-    """Median per-turn time through the room-less AgentSession minus calling the strategy directly."""
+    """Median per-turn time through the room-less AgentSession minus calling the strategy directly, both
+    with the same instructions and history, interleaved."""
     from livekit.agents import llm
 
+    from workbench.config import EndpointConfig, WorkbenchConfig
+    from workbench.models import ModelStack
+    from workbench.pipeline import DEFAULT_INSTRUCTIONS
     from workbench.replay.dataset import load_dataset
     from workbench.strategies import build
 
@@ -45,11 +52,12 @@ def test_harness_overhead_per_text_turn(benchmark, instant_endpoint, tmp_path: P
     direct, harness = [], []
 
     async def measure() -> None:
-        stack = scripted_stack(instant_endpoint, tmp_path)
+        llm_cfg = EndpointConfig(kind="openai", base_url=instant_endpoint.base_url, model="m")
+        stack = ModelStack(WorkbenchConfig(llm=llm_cfg, state_dir=tmp_path / "state"))
         strategy = build("plain", stack)
         for _ in range(9):  # interleaved, side by side
             ctx = llm.ChatContext()
-            ctx.add_message(role="system", content="You are Diana.")
+            ctx.add_message(role="system", content=DEFAULT_INSTRUCTIONS)
             t0 = time.perf_counter()
             for turn in conv.turns:
                 ctx.add_message(role="user", content=turn.user)
@@ -75,7 +83,6 @@ def test_text_throughput_at_concurrency_16(benchmark, tmp_path: Path) -> None:
     median of three runs after one warm-up run."""
     from workbench.config import EndpointConfig, WorkbenchConfig
     from workbench.models import ModelStack
-    from workbench.testing.scripted_endpoint import EndpointProcess
 
     ds = make_dataset(tmp_path / "ds", conversations=64, turns=4)
     rates: list[float] = []
@@ -87,7 +94,9 @@ def test_text_throughput_at_concurrency_16(benchmark, tmp_path: Path) -> None:
         await arun(Suite(dataset=ds, concurrency=16), runs_dir=tmp_path / "warm", stack=stack, progress=False)
         for k in range(3):
             t0 = time.perf_counter()
-            res = await arun(Suite(dataset=ds, concurrency=16), runs_dir=tmp_path / f"r{k}", stack=stack, progress=False)
+            res = await arun(
+                Suite(dataset=ds, concurrency=16), runs_dir=tmp_path / f"r{k}", stack=stack, progress=False
+            )
             took = time.perf_counter() - t0
             result["rows"] = len(load_run(res.path))
             rates.append(result["rows"] / took)
@@ -113,8 +122,6 @@ def test_voice_concurrency_keeps_voice_to_voice(benchmark, tmp_path: Path) -> No
         (ds / "conversations.jsonl").write_text(
             "\n".join(lines.replace('"id": "c0"', f'"id": "c{i}"') for i in range(n)) + "\n"
         )
-        from workbench.testing.scripted_endpoint import EndpointProcess
-
         stt = FixedDelaySTT(delay_s=0.1, text="question")
         with EndpointProcess(text="Sure, we open at eight.", ttft_s=0.15) as ep:  # its own process: no shared GIL
             suite = Suite(dataset=ds, mode="voice")
