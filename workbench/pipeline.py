@@ -17,7 +17,7 @@ from livekit.agents.voice.transcription.filters import filter_emoji, filter_mark
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workbench.models import ModelStack
-from workbench.strategies.base import Strategy
+from workbench.models.session import for_session
 
 DEFAULT_INSTRUCTIONS = (
     "You are Diana, the friendly front-desk voice assistant of a medical clinic. "
@@ -202,10 +202,6 @@ def build_agent(
     return DianaAgent(instructions=instructions, speech_text=speech_text, **kwargs)
 
 
-def _for_session(model: llm.LLM) -> llm.LLM:
-    return model.for_session() if isinstance(model, Strategy) else model
-
-
 def build_session(
     stack: ModelStack,
     strategy: llm.LLM,
@@ -221,16 +217,16 @@ def build_session(
     if mode == "text":
         # manual turn detection: typed turns need no end-of-turn model (its per-session start-up is pure overhead)
         return AgentSession(
-            llm=_for_session(strategy),
+            llm=for_session(strategy),
             turn_handling={"turn_detection": "manual", "preemptive_generation": {"enabled": False}},
             tts_text_transforms=None,
         )
     cfg = stack.config.turn
     return AgentSession(
         vad=stack.vad(),
-        stt=stack.stt(),
-        llm=_for_session(strategy),
-        tts=stack.tts(tts_kind),
+        stt=for_session(stack.stt()),
+        llm=for_session(strategy),
+        tts=for_session(stack.tts(tts_kind)),
         turn_handling={
             "turn_detection": stack.turn_detection(),
             "endpointing": {"min_delay": cfg.min_endpointing_delay, "max_delay": cfg.max_endpointing_delay},

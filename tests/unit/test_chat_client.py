@@ -11,13 +11,8 @@ from typing import Any
 
 import openai
 import pytest
-from livekit.agents import AgentSession, llm
 
-from workbench.config import EndpointConfig, WorkbenchConfig
-from workbench.models import ModelStack
 from workbench.models.chat_client import ChatClient, is_plain_json
-from workbench.pipeline import build_agent, build_session
-from workbench.strategies import build
 from workbench.testing import Script, ScriptedEndpoint
 
 MESSAGES = [
@@ -127,30 +122,3 @@ def test_plain_json_means_json_types_only() -> None:
     for _ in range(40):
         deep = [deep]
     assert not is_plain_json(deep)  # too deep to walk cheaply: the SDK decides
-
-
-async def test_sessions_sharing_a_strategy_see_only_their_own_metrics(upstream: ScriptedEndpoint) -> None:
-    stack = ModelStack(WorkbenchConfig(llm=EndpointConfig(kind="openai", base_url=upstream.base_url, model="m")))
-    strategy = build("plain", stack)
-    sessions: list[AgentSession] = [build_session(stack, strategy, mode="text") for _ in range(2)]
-    seen: list[list[Any]] = [[], []]
-    errors: list[list[Any]] = [[], []]
-    for i, session in enumerate(sessions):
-        session.on("metrics_collected", lambda e, i=i: seen[i].append(e.metrics))
-        session.on("error", lambda e, i=i: errors[i].append(e))
-        await session.start(build_agent())
-    assert all(s.llm is not strategy and s.llm.label == strategy.label for s in sessions)
-    await sessions[0].run(user_input="When do you open?")
-    await sessions[0].run(user_input="And on Sunday?")
-    await sessions[1].run(user_input="Where are you?")
-    llm_metrics = [[m for m in got if m.type == "llm_metrics"] for got in seen]
-    assert [len(m) for m in llm_metrics] == [2, 1]  # each session counts only its own turns
-    # traces stay in the one strategy: the harness reads any session's turn from it
-    for session in sessions:
-        user = [i for i in session.history.items if isinstance(i, llm.ChatMessage) and i.role == "user"][-1]
-        trace = strategy.trace_for(user.id)
-        assert trace is not None and trace.first_chunk_s is not None
-    for session in sessions:
-        await session.aclose()
-    await strategy.aclose()
-    assert errors == [[], []]

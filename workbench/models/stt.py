@@ -20,9 +20,10 @@ from livekit.agents.utils import AudioBuffer
 from workbench.config import STTConfig
 from workbench.models.assets import whisper_dir
 from workbench.models.audio import frames_to_mono_f32
+from workbench.models.session import SessionHandles
 
 
-class WhisperSTT(stt.STT):
+class WhisperSTT(SessionHandles, stt.STT):
     def __init__(self, config: STTConfig | None = None) -> None:
         super().__init__(capabilities=stt.STTCapabilities(streaming=False, interim_results=False))
         from faster_whisper import WhisperModel

@@ -19,11 +19,12 @@ from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, tts
 
 from workbench.config import TTSConfig
 from workbench.models.assets import espeak_binary, piper_voice
+from workbench.models.session import SessionHandles
 
 _DONE = object()
 
 
-class _ThreadedSynth(tts.TTS):
+class _ThreadedSynth(SessionHandles, tts.TTS):
     """Shared shape: a blocking ``pcm_chunks(text)`` generator run off the event loop."""
 
     def __init__(self, sample_rate: int, config: TTSConfig) -> None:

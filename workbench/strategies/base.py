@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import functools
 import logging
 import time
@@ -25,7 +24,6 @@ from typing import Any, ClassVar
 
 import httpx
 import openai
-from livekit import rtc
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     APIConnectionError,
@@ -37,6 +35,8 @@ from livekit.agents import (
 from livekit.agents.llm import ChatContext, ChatMessage
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from pydantic import BaseModel, ConfigDict
+
+from workbench.models.session import SessionHandles
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class Turn:
         return (msg.text_content or "") if msg else ""
 
 
-class Strategy(llm.LLM):
+class Strategy(SessionHandles, llm.LLM):
     """Base class: subclass, set ``kind``, implement :meth:`generate`, register with ``@register``."""
 
     kind: ClassVar[str] = "strategy"
@@ -240,18 +240,6 @@ class Strategy(llm.LLM):
         stream = StrategyStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=opts)
         self._streams.add(stream)
         return stream
-
-    def for_session(self) -> Strategy:
-        """This strategy for one ``AgentSession``: the same clients, index and traces, its own events.
-
-        A session subscribes to its LLM's ``metrics_collected`` and ``error`` events. Sessions sharing
-        one strategy object would each receive every other session's metrics and errors, and the cost
-        of every event would grow with the number of concurrent sessions. The handle is a shallow copy:
-        strategies keep their state in objects built in ``__init__``, which the copy shares.
-        """
-        handle = copy.copy(self)
-        rtc.EventEmitter.__init__(handle)
-        return handle
 
     # -- traces for the harness -------------------------------------------------------
     def trace_for(self, user_message_id: str) -> TurnTrace | None:
