@@ -262,8 +262,8 @@ async def arun(
         if voice_jobs:  # after text: CPU-heavy voice sessions must not distort text latencies (or each other's)
             vsem = asyncio.Semaphore(max(1, suite.voice.concurrency))
             await asyncio.gather(*(do(j, vsem) for j in voice_jobs))
-        store.compact()
-        store.update_manifest(status="complete", finished_at=datetime.now(UTC).isoformat(), rows=len(read_rows(path)))
+        rows = store.compact()
+        store.update_manifest(status="complete", finished_at=datetime.now(UTC).isoformat(), rows=rows)
     except BaseException:
         store.update_manifest(status="interrupted")
         raise

@@ -135,8 +135,8 @@ class RunStore:
             self._journal.write(line + "\n")
             self._journal.flush()
 
-    def compact(self) -> None:
-        """Fold the journal into the Parquet file atomically, then empty the journal."""
+    def compact(self) -> int:
+        """Fold the journal into the Parquet file atomically, then empty the journal; returns the row count."""
         with self._mutex:
             self._journal.flush()
             df = read_rows(self.path)
@@ -148,6 +148,7 @@ class RunStore:
                 os.replace(tmp, self.path / TURNS_FILE)
             self._journal.truncate(0)
             self._journal.seek(0)
+            return len(df)
 
     def close(self) -> None:
         self._journal.close()
