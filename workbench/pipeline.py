@@ -215,8 +215,10 @@ def build_session(
     :class:`DianaAgent` applies them itself (once, with the replacements, and switchable).
     """
     if mode == "text":
-        # manual turn detection: typed turns need no end-of-turn model (its per-session start-up is pure overhead)
+        # manual turn detection and no VAD: typed turns need neither an end-of-turn model nor the default
+        # Silero VAD the session would otherwise start (their per-session start-up is pure overhead)
         return AgentSession(
+            vad=None,
             llm=for_session(strategy),
             turn_handling={"turn_detection": "manual", "preemptive_generation": {"enabled": False}},
             tts_text_transforms=None,
