@@ -1,5 +1,7 @@
+import asyncio
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,3 +18,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     s = ModelStack(WorkbenchConfig(state_dir=tmp_path_factory.mktemp("state")))
     yield s
     s.close()
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One loop for every round: pooled keep-alive connections stay valid, as in a running worker."""
+    lp = asyncio.new_event_loop()
+    yield lp
+    lp.close()

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from livekit.agents import llm
+from timing import chat_ctx, first_chunk
 
 from workbench.config import EndpointConfig, WorkbenchConfig
 from workbench.models import ModelStack
@@ -32,14 +31,6 @@ ANSWER = "We are open on Saturday from nine in the morning until one in the afte
 NOTES = "- Main Street: Saturday 9 am to 1 pm.\n- Lakeside: Saturday 8 am to noon."
 TTFT_S, GAP_S = 0.08, 0.015
 ROUNDS = 15
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """One loop for every round: pooled connections stay warm, as in a running worker."""
-    lp = asyncio.new_event_loop()
-    yield lp
-    lp.close()
 
 
 def by_role(body: dict[str, Any]) -> Script:
@@ -65,25 +56,9 @@ def scripted_stack(scripted: ScriptedEndpoint, tmp_path_factory: pytest.TempPath
         yield s
 
 
-def ctx(question: str = QUESTION) -> llm.ChatContext:
-    c = llm.ChatContext()
-    c.add_message(role="system", content=INSTRUCTIONS)
-    c.add_message(role="user", content=question)
-    return c
-
-
 async def ttfc(strategy: Any, question: str = QUESTION) -> float:
     """Seconds from ``chat()`` to the first text chunk; the rest of the answer is drained."""
-    t0 = time.perf_counter()
-    first = None
-    async with strategy.chat(chat_ctx=ctx(question)) as stream:
-        async for ch in stream:
-            if first is None and ch.delta and ch.delta.content:
-                first = time.perf_counter() - t0
-    assert first is not None, "no text streamed"
-    trace = strategy.trace_for(stream.chat_ctx.items[-1].id)
-    assert trace is not None and trace.error_kind is None, trace
-    return first
+    return (await first_chunk(strategy, chat_ctx(INSTRUCTIONS, question)))[0]
 
 
 def side_by_side(benchmark: Any, loop: asyncio.AbstractEventLoop, runs: dict[str, Callable[[], Any]],

@@ -27,6 +27,14 @@ from workbench.testing.scripted_endpoint import EndpointProcess
 TURNS = 12
 
 
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of another process (Linux ``/proc``)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.fixture(scope="module")
 def instant_endpoint():
     """An instant endpoint in its own process, like any real one: in a thread of ours it would share the
@@ -86,6 +94,7 @@ def test_text_throughput_at_concurrency_16(benchmark, tmp_path: Path) -> None:
 
     ds = make_dataset(tmp_path / "ds", conversations=64, turns=4)
     rates: list[float] = []
+    cpu: list[tuple[float, float]] = []  # (harness CPU / wall, endpoint CPU seconds) per run
     result = {}
     server = EndpointProcess().__enter__()
 
@@ -93,11 +102,12 @@ def test_text_throughput_at_concurrency_16(benchmark, tmp_path: Path) -> None:
         stack = ModelStack(WorkbenchConfig(llm=EndpointConfig(kind="openai", base_url=server.base_url, model="m")))
         await arun(Suite(dataset=ds, concurrency=16), runs_dir=tmp_path / "warm", stack=stack, progress=False)
         for k in range(3):
-            t0 = time.perf_counter()
+            t0, c0, e0 = time.perf_counter(), time.process_time(), _cpu_s(server.proc.pid)
             res = await arun(
                 Suite(dataset=ds, concurrency=16), runs_dir=tmp_path / f"r{k}", stack=stack, progress=False
             )
             took = time.perf_counter() - t0
+            cpu.append(((time.process_time() - c0) / took, _cpu_s(server.proc.pid) - e0))
             result["rows"] = len(load_run(res.path))
             rates.append(result["rows"] / took)
 
@@ -106,9 +116,11 @@ def test_text_throughput_at_concurrency_16(benchmark, tmp_path: Path) -> None:
     finally:
         server.__exit__()
     rate = statistics.median(rates)
-    benchmark.extra_info.update(turns=result["rows"], turns_per_s=rate, runs=rates)
+    benchmark.extra_info.update(turns=result["rows"], turns_per_s=rate, runs=rates, cpu=cpu)
     print(f"\ntext throughput at concurrency 16: {rate:.0f} turns/s, median of {[round(r) for r in rates]}"
           f" ({result['rows']} turns a run)")  # fmt: skip
+    print(f"harness CPU / wall per run: {[round(c, 2) for c, _ in cpu]},"
+          f" endpoint CPU per run: {[round(e, 2) for _, e in cpu]} s")  # fmt: skip
 
 
 def test_voice_concurrency_keeps_voice_to_voice(benchmark, tmp_path: Path) -> None:
@@ -138,3 +150,77 @@ def test_voice_concurrency_keeps_voice_to_voice(benchmark, tmp_path: Path) -> No
     benchmark.extra_info.update(v2v_1_ms=medians[1] * 1000, v2v_4_ms=medians[4] * 1000, ratio=ratio)
     print(f"\nvoice-to-voice median: 1 session {medians[1] * 1000:.0f} ms, 4 sessions {medians[4] * 1000:.0f} ms,"
           f" ratio {ratio:.3f}")  # fmt: skip
+
+
+def test_agent_session_floor_per_text_turn(benchmark, tmp_path: Path) -> None:
+    """LiveKit's own cost per text turn: an in-process strategy that answers at once (no HTTP), called
+    directly, through a bare room-less ``AgentSession`` and through ``replay_text``; CPU per turn."""
+    from livekit.agents import Agent, AgentSession, llm
+
+    from workbench.replay.dataset import load_dataset
+    from workbench.strategies import Strategy
+
+    class Instant(Strategy):
+        kind = "instant"
+
+        async def generate(self, turn):  # type: ignore[no-untyped-def]
+            yield "Sure."
+
+    conv = load_dataset(make_dataset(tmp_path / "ds", conversations=1, turns=TURNS)).conversations[0]
+    cpu: dict[str, list[float]] = {"direct": [], "session": [], "replay_text": []}
+
+    async def measure() -> None:
+        s = Instant()
+        for _ in range(25):
+            c0 = time.process_time()
+            ctx = llm.ChatContext()
+            for t in conv.turns:
+                ctx.add_message(role="user", content=t.user)
+                async with s.chat(chat_ctx=ctx) as st:
+                    ctx.add_message(role="assistant", content="".join([c.delta.content or "" async for c in st]))
+            cpu["direct"].append((time.process_time() - c0) / TURNS)
+            c0 = time.process_time()
+            session = AgentSession(vad=None, llm=s.for_session(), turn_handling={"turn_detection": "manual"})
+            await session.start(Agent(instructions="x"))
+            for t in conv.turns:
+                await session.run(user_input=t.user)
+            await session.aclose()
+            cpu["session"].append((time.process_time() - c0) / TURNS)
+            c0 = time.process_time()
+            await replay_text(None, s, conv, emit=lambda row: None)  # type: ignore[arg-type]
+            cpu["replay_text"].append((time.process_time() - c0) / TURNS)
+
+    benchmark.pedantic(lambda: asyncio.run(measure()), rounds=1, iterations=1)
+    med = {k: statistics.median(v[5:]) * 1000 for k, v in cpu.items()}
+    benchmark.extra_info.update({f"{k}_cpu_ms": v for k, v in med.items()})
+    print("\nCPU per text turn, instant in-process strategy: " + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items()))
+
+
+def test_text_session_start_and_close(benchmark, tmp_path: Path) -> None:
+    """CPU to start and close one text session, with AgentSession's default VAD and with ``vad=None``
+    (what ``build_session`` passes), side by side."""
+    from livekit.agents import AgentSession
+
+    from workbench.config import EndpointConfig, WorkbenchConfig
+    from workbench.models import ModelStack
+    from workbench.pipeline import build_agent
+    from workbench.strategies import build
+
+    llm_cfg = EndpointConfig(kind="openai", base_url="http://127.0.0.1:9/v1", model="m")
+    stack = ModelStack(WorkbenchConfig(llm=llm_cfg, state_dir=tmp_path / "state"))
+    cpu: dict[str, list[float]] = {"default_vad": [], "vad_none": []}
+
+    async def measure() -> None:
+        strategy = build("plain", stack)
+        for _ in range(200):
+            for name, kw in (("default_vad", {}), ("vad_none", {"vad": None})):
+                c0 = time.process_time()
+                session = AgentSession(llm=strategy.for_session(), turn_handling={"turn_detection": "manual"}, **kw)
+                await session.start(build_agent())
+                await session.aclose()
+                cpu[name].append(time.process_time() - c0)
+
+    benchmark.pedantic(lambda: asyncio.run(measure()), rounds=1, iterations=1)
+    med = {k: statistics.median(v[20:]) * 1000 for k, v in cpu.items()}
+    benchmark.extra_info.update({f"{k}_cpu_ms": v for k, v in med.items()})
+    print(f"\ntext session start and close: default VAD {med['default_vad']:.2f} ms, vad=None {med['vad_none']:.2f} ms")

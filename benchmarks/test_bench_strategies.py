@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import openai.resources  # noqa: F401  (imported lazily by the client on first use; keep it out of round 1)
 import pytest
-from livekit.agents import llm
+from timing import chat_ctx, first_chunk
 
 from workbench.config import EndpointConfig, WorkbenchConfig
 from workbench.knowledge import clear_cache, open_index
@@ -49,14 +49,6 @@ ROUNDS_SCRIPTED, ROUNDS_EMBEDDED = 60, 8
 
 
 @pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """One loop for every round: pooled keep-alive connections stay valid, as in a running worker."""
-    lp = asyncio.new_event_loop()
-    yield lp
-    lp.close()
-
-
-@pytest.fixture(scope="module")
 def scripted_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStack]:
     with ScriptedEndpoint(Script(text=ANSWER, ttft_s=TTFT_S, gap_s=GAP_S)) as ep:  # own loop in a thread
         cfg = WorkbenchConfig(
@@ -67,24 +59,9 @@ def scripted_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelSt
             yield s
 
 
-def chat_ctx(question: str) -> llm.ChatContext:
-    c = llm.ChatContext()
-    c.add_message(role="system", content=INSTRUCTIONS)
-    c.add_message(role="user", content=question)
-    return c
-
-
 async def ttfc(strategy: Any, question: str) -> float:
-    """Seconds from ``chat()`` to the first text chunk; the rest of the answer is drained, as a voice agent would."""
-    t0 = time.perf_counter()
-    first = None
-    async with strategy.chat(chat_ctx=chat_ctx(question)) as stream:
-        async for ch in stream:
-            if first is None and ch.delta and ch.delta.content:
-                first = time.perf_counter() - t0
-    assert first is not None, f"{strategy.kind}: no text streamed"
-    trace = strategy.trace_for(stream.chat_ctx.items[-1].id)
-    assert trace is not None and trace.error_kind is None, trace
+    """Seconds from ``chat()`` to the first text chunk; a retrieval strategy must have retrieved something."""
+    first, trace = await first_chunk(strategy, chat_ctx(INSTRUCTIONS, question))
     if strategy.kind != "plain":
         assert trace.contexts, f"{strategy.kind}: nothing retrieved for {question!r}"
     return first
@@ -133,6 +110,19 @@ def side_by_side(benchmark: Any, loop: asyncio.AbstractEventLoop, strategies: di
     return times
 
 
+def rounds_on(stack: ModelStack, benchmark: Any, loop: asyncio.AbstractEventLoop,
+              rounds: int) -> tuple[dict[str, list[float]], Any]:  # fmt: skip
+    """Build every strategy on ``stack`` with a cold cache, time them side by side, close them."""
+    clear_cache()
+    strategies, index = build_all(stack)
+    try:
+        return side_by_side(benchmark, loop, strategies, index, rounds), index
+    finally:
+        for s in strategies.values():
+            loop.run_until_complete(s.aclose())
+        clear_cache()
+
+
 def summarise(benchmark: Any, times: dict[str, list[float]]) -> dict[str, float]:
     """Medians, paired differences over ``plain`` and median ratios, into ``extra_info``; returns the differences."""
     info = benchmark.extra_info
@@ -153,14 +143,7 @@ def summarise(benchmark: Any, times: dict[str, list[float]]) -> dict[str, float]
 def test_scripted_endpoint_overhead(benchmark: Any, loop: asyncio.AbstractEventLoop,
                                     scripted_stack: ModelStack) -> None:  # fmt: skip
     """Our overhead alone: the same scripted upstream (80 ms TTFT) behind every strategy."""
-    clear_cache()
-    strategies, index = build_all(scripted_stack)
-    try:
-        times = side_by_side(benchmark, loop, strategies, index, ROUNDS_SCRIPTED)
-    finally:
-        for s in strategies.values():
-            loop.run_until_complete(s.aclose())
-        clear_cache()
+    times, index = rounds_on(scripted_stack, benchmark, loop, ROUNDS_SCRIPTED)
     diffs = summarise(benchmark, times)
     benchmark.extra_info["upstream_ttft_ms"] = TTFT_S * 1000
     benchmark.extra_info["embedder"] = index.embedding.model_name
@@ -174,14 +157,7 @@ def test_scripted_endpoint_overhead(benchmark: Any, loop: asyncio.AbstractEventL
 @pytest.mark.timeout(1200)
 def test_embedded_model_overhead(benchmark: Any, loop: asyncio.AbstractEventLoop, stack: ModelStack) -> None:
     """The same rounds on the embedded SmolLM2 server: the difference also holds reading the context."""
-    clear_cache()
-    strategies, index = build_all(stack)
-    try:
-        times = side_by_side(benchmark, loop, strategies, index, ROUNDS_EMBEDDED)
-    finally:
-        for s in strategies.values():
-            loop.run_until_complete(s.aclose())
-        clear_cache()
+    times, index = rounds_on(stack, benchmark, loop, ROUNDS_EMBEDDED)
     summarise(benchmark, times)
     benchmark.extra_info["embedder"] = index.embedding.model_name
     extractive = statistics.median(times["extractive"]) * 1000
