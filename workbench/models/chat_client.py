@@ -148,12 +148,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
+        body = await request.aread()  # JSON already in memory for chat; multipart uploads are read here
         try:
             response = await self._client().request(
                 request.method,
                 str(request.url),
                 headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
-                data=request.content or None,
+                data=body or None,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(
                     total=None, connect=timeout.get("pool"), sock_connect=timeout.get("connect"),
