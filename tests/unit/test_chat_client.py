@@ -9,10 +9,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
-from workbench.models.chat_client import ChatClient, is_plain_json
+from workbench.models.chat_client import ChatClient, env_proxy, is_plain_json
 from workbench.testing import Script, ScriptedEndpoint
 
 MESSAGES = [
@@ -122,3 +123,38 @@ def test_plain_json_means_json_types_only() -> None:
     for _ in range(40):
         deep = [deep]
     assert not is_plain_json(deep)  # too deep to walk cheaply: the SDK decides
+
+
+def test_env_proxy_follows_the_environment_but_never_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "llm.internal.example")
+    assert env_proxy(httpx.URL("https://api.openai.com/v1")) == "http://proxy.corp:3128"
+    assert env_proxy(httpx.URL("https://llm.internal.example/v1")) is None
+    assert env_proxy(httpx.URL("http://127.0.0.1:8080/v1")) is None  # the embedded llama.cpp server
+    assert env_proxy(httpx.URL("http://localhost:8080/v1")) is None
+    assert env_proxy(httpx.URL("http://api.example.test/v1")) is None  # no HTTP_PROXY set
+
+
+async def test_requests_go_through_the_proxy_the_environment_names(
+    upstream: ScriptedEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", upstream.base_url.removesuffix("/v1"))  # the endpoint doubles as the proxy
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = ChatClient(base_url="http://api.example.test/v1", api_key="k", timeout_s=10)
+    assert await stream_text(client, messages=MESSAGES) == "We open at eight on weekdays."
+    assert upstream.chat_requests[0].headers["Host"] == "api.example.test"
+    await client.close()
+
+
+async def test_netrc_credentials_do_not_clash_with_the_api_key(
+    upstream: ScriptedEndpoint, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    client = ChatClient(base_url=upstream.base_url, api_key="k", timeout_s=10)
+    assert await stream_text(client, messages=MESSAGES) == "We open at eight on weekdays."
+    assert upstream.chat_requests[0].headers["Authorization"] == "Bearer k"
+    await client.close()

@@ -16,13 +16,16 @@
    the SDK's own path.
 3. HTTP goes through aiohttp's C parser rather than httpcore and h11 (pure Python), as the SDK's
    own ``openai[aiohttp]`` option does; its errors are mapped to the httpx errors the SDK and
-   ``strategies.base.error_kind`` classify (timeouts, refused connections, cut streams).
+   ``strategies.base.error_kind`` classify (timeouts, refused connections, cut streams). Proxies come
+   from ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` as with the SDK's default client (never for a
+   loopback host).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.request
 from collections.abc import AsyncIterator
 from functools import cached_property
 from typing import Any
@@ -124,17 +127,31 @@ class _AiohttpBody(httpx.AsyncByteStream):
             self._response.close()  # stopped mid-answer: drop the connection, so the server stops generating
 
 
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def env_proxy(url: httpx.URL) -> str | None:
+    """The proxy ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` name for ``url``, as the SDK's default client
+    would use; never one for a loopback host (an embedded server on this machine)."""
+    if url.host in _LOOPBACK or urllib.request.proxy_bypass(url.host):
+        return None
+    return urllib.request.getproxies().get(url.scheme)
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 through aiohttp (a C parser) instead of httpcore and h11 (pure Python).
 
     The OpenAI SDK supports aiohttp as its HTTP backend for the same reason (``openai[aiohttp]``). Here
-    it roughly halves the CPU a streamed request costs, which is most of a text turn's budget against
+    it cuts the CPU that concurrent streamed requests cost, which is most of a text turn's budget against
     a fast endpoint. The session lives on the event loop that made the first request, like httpx's pool.
+    Proxies from the environment are looked up once per host: aiohttp's ``trust_env`` would do it in a
+    thread on every request, and would also add ``~/.netrc`` credentials that clash with the API key.
     """
 
     def __init__(self, limits: httpx.Limits) -> None:
         self._limits = limits
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str, int | None], str | None] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -142,13 +159,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 limit=self._limits.max_connections or 0, keepalive_timeout=self._limits.keepalive_expiry or 5.0
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), trust_env=True
+                connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
             )  # httpx decodes bodies itself; an API client keeps no cookies
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
         body = await request.aread()  # JSON already in memory for chat; multipart uploads are read here
+        url = request.url
+        origin = (url.scheme, url.host, url.port)
+        if origin not in self._proxies:
+            self._proxies[origin] = env_proxy(url)
         try:
             response = await self._client().request(
                 request.method,
@@ -156,6 +177,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
                 data=body or None,
                 allow_redirects=False,
+                proxy=self._proxies[origin],
                 timeout=aiohttp.ClientTimeout(
                     total=None, connect=timeout.get("pool"), sock_connect=timeout.get("connect"),
                     sock_read=timeout.get("read"),

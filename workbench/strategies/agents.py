@@ -13,6 +13,7 @@ response (so a llama.cpp server stops generating as soon as the caller barges in
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import time
@@ -50,6 +51,9 @@ class _DropCancelled(logging.Filter):
 logging.getLogger("autogen_core").addFilter(_DropCancelled())
 
 # -- model clients ----------------------------------------------------------------------------------------
+
+_on_accepted: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("on_accepted", default=None)
+"""Called when a chat request made in this context has its response headers, i.e. the server has queued it."""
 
 LOCAL_MODEL_INFO: ModelInfo = {
     "vision": False,
@@ -94,6 +98,8 @@ class PooledOpenAIClient(BaseOpenAIChatCompletionClient):
         if cancellation_token is not None:
             cancellation_token.link_future(stream_future)
         stream = await stream_future
+        if (accepted := _on_accepted.get()) is not None:
+            accepted()
         try:
             while True:
                 chunk_future = asyncio.ensure_future(anext(stream))
@@ -355,11 +361,12 @@ class MultiAgentStrategy(AutoGenStrategy):
 
     ``low_latency`` starts the voice editor at once and streams a short lead-in sentence written from the
     same instructions (and retrieved context) the helpers read, so it is as grounded as ``plain``; the
-    helpers run in parallel from the same instant. When the lead-in's first sentence is complete, the
-    editor continues with the helpers' notes, waiting at most ``helper_wait_s`` and otherwise using the
-    notes they have streamed so far (partial work). First audio then costs one model call's first token,
-    not the whole chain; the price is a second editor call and, on a one-slot server such as llama.cpp,
-    helpers that queue behind the lead-in (it is sent first, so it is served first).
+    helpers run in parallel as soon as the server has taken the lead-in's request. When the lead-in's
+    first sentence is complete, the editor continues with the helpers' notes, waiting at most
+    ``helper_wait_s`` and otherwise using the notes they have streamed so far (partial work). First audio
+    then costs one model call's first token, not the whole chain; the price is a second editor call and,
+    on a one-slot server such as llama.cpp, helpers that queue behind the lead-in (sent after it was
+    queued, they cannot overtake it).
     """
 
     kind = "multi_agent"
@@ -414,11 +421,19 @@ class MultiAgentStrategy(AutoGenStrategy):
         lead_agent = _agent("editor", self.clients.get(self.cfg.lead_in_max_tokens),
                             _with_role(conv.instructions, LEAD_IN_ROLE), conv.messages)  # fmt: skip
         lead_stream = stream_tokens(lead_agent, speaker="editor")
-        first = asyncio.ensure_future(anext(lead_stream, None))  # the lead-in's request goes out first
+        accepted = asyncio.Event()
+        hook = _on_accepted.set(accepted.set)
+        try:  # the task copies the context, so only the lead-in's request reports its acceptance
+            first = asyncio.ensure_future(anext(lead_stream, None))
+        finally:
+            _on_accepted.reset(hook)
         notes: dict[str, list[str]] = {}
         helper_tasks: dict[str, asyncio.Task[None]] = {}
+        accepted_wait = asyncio.ensure_future(accepted.wait())
         try:
-            await asyncio.sleep(0)
+            # the helpers go out once the server has queued the lead-in (or it failed), so a one-slot
+            # server such as llama.cpp serves the lead-in first whatever order the sockets would race in
+            await asyncio.wait([first, accepted_wait], return_when=asyncio.FIRST_COMPLETED)
             for agent in self._helpers(conv):
                 notes[agent.name] = []
                 helper_tasks[agent.name] = asyncio.create_task(self._collect(agent, notes[agent.name]))
@@ -449,8 +464,9 @@ class MultiAgentStrategy(AutoGenStrategy):
                     need_space = False
                 yield token
         finally:
+            accepted_wait.cancel()
             first.cancel()
-            await asyncio.wait([first])  # the generator is not running any more, so it can be closed
+            await asyncio.wait([first, accepted_wait])  # the generator is not running any more, so it can be closed
             await lead_stream.aclose()
             for t in helper_tasks.values():
                 t.cancel()
