@@ -534,7 +534,7 @@ class EndpointProcess:
         import subprocess
         import sys
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "workbench.testing.scripted_endpoint", *self.args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "workbench.testing", *self.args],
                                      stdout=subprocess.PIPE, text=True)  # fmt: skip
         self.base_url = self.proc.stdout.readline().strip()
         if not self.base_url.startswith("http"):
@@ -545,26 +545,3 @@ class EndpointProcess:
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
         self.proc.wait(10)
-
-
-def _main() -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="A scripted OpenAI-compatible endpoint on 127.0.0.1 (prints its URL).")
-    ap.add_argument("--text", default="Sure.")
-    ap.add_argument("--ttft", type=float, default=0.0)
-    ap.add_argument("--gap", type=float, default=0.0)
-    a = ap.parse_args()
-
-    async def serve() -> None:
-        ep = await ScriptedEndpoint(Script(text=a.text, ttft_s=a.ttft, gap_s=a.gap)).start()
-        print(ep.base_url, flush=True)
-        while True:
-            await asyncio.sleep(3600)
-            ep.reset()
-
-    asyncio.run(serve())
-
-
-if __name__ == "__main__":
-    _main()
