@@ -123,6 +123,47 @@ def test_text_throughput_at_concurrency_16(benchmark, tmp_path: Path) -> None:
           f" endpoint CPU per run: {[round(e, 2) for _, e in cpu]} s")  # fmt: skip
 
 
+def test_text_throughput_at_concurrency_16_aiohttp_against_httpcore(benchmark, tmp_path: Path, monkeypatch) -> None:
+    """The chat client's aiohttp transport against httpx's own (httpcore and h11), side by side: four
+    rounds, each a warm-up and a timed 256-turn run per transport at concurrency 16."""
+    import httpx
+
+    import workbench.models.chat_client as chat_client
+    from workbench.config import EndpointConfig, WorkbenchConfig
+    from workbench.models import ModelStack
+
+    def httpcore_client(timeout_s: float, *, max_connections: int = 64) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=16)
+        transport = chat_client.KeepAliveTransport(httpx.AsyncHTTPTransport(limits=limits))
+        return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0), transport=transport)
+
+    factories = {"aiohttp": chat_client.pooled_client, "httpcore": httpcore_client}
+    ds = make_dataset(tmp_path / "ds", conversations=64, turns=4)
+    rates: dict[str, list[float]] = {name: [] for name in factories}
+
+    async def go(url: str) -> None:
+        for r in range(4):
+            for name, factory in factories.items():
+                monkeypatch.setattr(chat_client, "pooled_client", factory)
+                stack = ModelStack(WorkbenchConfig(llm=EndpointConfig(kind="openai", base_url=url, model="m")))
+                suite = Suite(dataset=ds, concurrency=16)
+                await arun(suite, runs_dir=tmp_path / f"warm-{name}-{r}", stack=stack, progress=False)
+                t0 = time.perf_counter()
+                res = await arun(suite, runs_dir=tmp_path / f"{name}-{r}", stack=stack, progress=False)
+                rates[name].append(len(load_run(res.path)) / (time.perf_counter() - t0))
+                stack.close()
+
+    with EndpointProcess() as server:
+        benchmark.pedantic(lambda: asyncio.run(go(server.base_url)), rounds=1, iterations=1)
+    med = {name: statistics.median(v) for name, v in rates.items()}
+    ratios = [a / b for a, b in zip(rates["aiohttp"], rates["httpcore"], strict=True)]
+    benchmark.extra_info.update(turns_per_s=med, ratios=ratios)
+    print(f"\ntext throughput at concurrency 16, side by side: aiohttp {med['aiohttp']:.0f} turns/s"
+          f" {[round(x) for x in rates['aiohttp']]}, httpcore {med['httpcore']:.0f} turns/s"
+          f" {[round(x) for x in rates['httpcore']]}; ratio per round {[round(x, 2) for x in ratios]},"
+          f" median {statistics.median(ratios):.2f}")  # fmt: skip
+
+
 def test_voice_concurrency_keeps_voice_to_voice(benchmark, tmp_path: Path) -> None:
     """4 concurrent real-time sessions with light components vs one: median voice-to-voice, side by side."""
     medians = {}
