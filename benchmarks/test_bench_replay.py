@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
@@ -19,6 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 from test_replay_text import make_dataset
 from test_replay_voice import fake_speech_stack, voice_dataset
 
+import workbench.models.chat_client as chat_client
+from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.models import ModelStack
+from workbench.models.chat_client import pooled_client
 from workbench.replay import Suite, arun, load_run
 from workbench.replay.text import replay_text
 from workbench.testing.fakes import FixedDelaySTT
@@ -45,6 +50,20 @@ def instant_endpoint():
         yield ep
 
 
+def _scripted_stack(url: str, state_dir: Path | None = None) -> ModelStack:
+    """A model stack whose LLM is the scripted endpoint at ``url``."""
+    llm_cfg = EndpointConfig(kind="openai", base_url=url, model="m")
+    return ModelStack(WorkbenchConfig(llm=llm_cfg, **({"state_dir": state_dir} if state_dir else {})))
+
+
+async def _timed_run(stack: ModelStack, dataset: Path, runs_dir: Path) -> tuple[int, float]:
+    """One whole run at concurrency 16: its row count and wall time."""
+    t0 = time.perf_counter()
+    res = await arun(Suite(dataset=dataset, concurrency=16), runs_dir=runs_dir, stack=stack, progress=False)
+    took = time.perf_counter() - t0
+    return len(load_run(res.path)), took
+
+
 def test_harness_overhead_per_text_turn(benchmark, instant_endpoint, tmp_path: Path) -> None:
     """Per-turn time through the harness minus calling the strategy directly, with the same strategy,
     instructions and history: ROUNDS rounds, each the conversation called directly, through a bare
@@ -52,8 +71,6 @@ def test_harness_overhead_per_text_turn(benchmark, instant_endpoint, tmp_path: P
     medians of the paired differences."""
     from livekit.agents import llm
 
-    from workbench.config import EndpointConfig, WorkbenchConfig
-    from workbench.models import ModelStack
     from workbench.pipeline import DEFAULT_INSTRUCTIONS, build_agent, build_session
     from workbench.replay.dataset import load_dataset
     from workbench.strategies import build
@@ -63,8 +80,7 @@ def test_harness_overhead_per_text_turn(benchmark, instant_endpoint, tmp_path: P
     wall: dict[str, list[float]] = {"direct": [], "session": [], "harness": []}
 
     async def measure() -> None:
-        llm_cfg = EndpointConfig(kind="openai", base_url=instant_endpoint.base_url, model="m")
-        stack = ModelStack(WorkbenchConfig(llm=llm_cfg, state_dir=tmp_path / "state"))
+        stack = _scripted_stack(instant_endpoint.base_url, tmp_path / "state")
         strategy = build("plain", stack)
         for _ in range(ROUNDS):  # interleaved, side by side
             ctx = llm.ChatContext()
@@ -107,9 +123,6 @@ def test_text_throughput_at_concurrency_16(benchmark, tmp_path: Path) -> None:
     """Turns per second through the whole runner (sessions, strategy, store, start-up and compaction)
     against an instant endpoint in its own process (so the endpoint does not share our GIL): the
     median of three runs after one warm-up run."""
-    from workbench.config import EndpointConfig, WorkbenchConfig
-    from workbench.models import ModelStack
-
     ds = make_dataset(tmp_path / "ds", conversations=64, turns=4)
     rates: list[float] = []
     cpu: list[tuple[float, float]] = []  # (harness CPU / wall, endpoint CPU seconds) per run
@@ -117,16 +130,12 @@ def test_text_throughput_at_concurrency_16(benchmark, tmp_path: Path) -> None:
     server = EndpointProcess().__enter__()
 
     async def go() -> None:
-        stack = ModelStack(WorkbenchConfig(llm=EndpointConfig(kind="openai", base_url=server.base_url, model="m")))
-        await arun(Suite(dataset=ds, concurrency=16), runs_dir=tmp_path / "warm", stack=stack, progress=False)
+        stack = _scripted_stack(server.base_url)
+        await _timed_run(stack, ds, tmp_path / "warm")
         for k in range(3):
-            t0, c0, e0 = time.perf_counter(), time.process_time(), _cpu_s(server.proc.pid)
-            res = await arun(
-                Suite(dataset=ds, concurrency=16), runs_dir=tmp_path / f"r{k}", stack=stack, progress=False
-            )
-            took = time.perf_counter() - t0
+            c0, e0 = time.process_time(), _cpu_s(server.proc.pid)
+            result["rows"], took = await _timed_run(stack, ds, tmp_path / f"r{k}")
             cpu.append(((time.process_time() - c0) / took, _cpu_s(server.proc.pid) - e0))
-            result["rows"] = len(load_run(res.path))
             rates.append(result["rows"] / took)
 
     try:
@@ -141,34 +150,59 @@ def test_text_throughput_at_concurrency_16(benchmark, tmp_path: Path) -> None:
           f" endpoint CPU per run: {[round(e, 2) for _, e in cpu]} s")  # fmt: skip
 
 
+def httpcore_client(timeout_s: float, *, max_connections: int = 64) -> httpx.AsyncClient:
+    """The chat client's HTTP client with httpx's own transport (httpcore and h11) instead of aiohttp."""
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=16)
+    return pooled_client(timeout_s, inner=httpx.AsyncHTTPTransport(limits=limits))
+
+
+def test_streamed_request_cpu_aiohttp_against_httpcore(benchmark, instant_endpoint, monkeypatch) -> None:
+    """CPU of one streamed chat request through ``ChatClient``, one at a time, per transport: five
+    interleaved rounds of 300 requests each."""
+    messages = [{"role": "user", "content": "When do you open?"}]
+    cpu: dict[str, list[float]] = {"aiohttp": [], "httpcore": []}
+
+    async def measure() -> None:
+        clients = {"aiohttp": pooled_client, "httpcore": httpcore_client}
+        opened = {}
+        for name, factory in clients.items():
+            monkeypatch.setattr(chat_client, "pooled_client", factory)  # what ChatClient calls
+            opened[name] = chat_client.ChatClient(base_url=instant_endpoint.base_url, api_key="k", timeout_s=10)
+        for r in range(6):
+            for name, client in opened.items():
+                c0 = time.process_time()
+                for _ in range(300):
+                    stream = await client.chat.completions.create(model="m", messages=messages, stream=True)
+                    async with stream:
+                        async for _ in stream:
+                            pass
+                if r:  # the first round warms up
+                    cpu[name].append((time.process_time() - c0) / 300 * 1000)
+        for client in opened.values():
+            await client.close()
+
+    benchmark.pedantic(lambda: asyncio.run(measure()), rounds=1, iterations=1)
+    med = {k: statistics.median(v) for k, v in cpu.items()}
+    benchmark.extra_info.update({f"{k}_cpu_ms": v for k, v in med.items()})
+    print(f"\nCPU per streamed request: aiohttp {med['aiohttp']:.2f} ms, httpcore {med['httpcore']:.2f} ms,"
+          f" ratio {med['aiohttp'] / med['httpcore']:.2f}")  # fmt: skip
+
+
 def test_text_throughput_at_concurrency_16_aiohttp_against_httpcore(benchmark, tmp_path: Path, monkeypatch) -> None:
     """The chat client's aiohttp transport against httpx's own (httpcore and h11), side by side: four
     rounds, each a warm-up and a timed 256-turn run per transport at concurrency 16."""
-    import httpx
-
-    import workbench.models.chat_client as chat_client
-    from workbench.config import EndpointConfig, WorkbenchConfig
-    from workbench.models import ModelStack
-
-    def httpcore_client(timeout_s: float, *, max_connections: int = 64) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=16)
-        transport = chat_client.KeepAliveTransport(httpx.AsyncHTTPTransport(limits=limits))
-        return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0), transport=transport)
-
-    factories = {"aiohttp": chat_client.pooled_client, "httpcore": httpcore_client}
+    factories = {"aiohttp": pooled_client, "httpcore": httpcore_client}
     ds = make_dataset(tmp_path / "ds", conversations=64, turns=4)
     rates: dict[str, list[float]] = {name: [] for name in factories}
 
     async def go(url: str) -> None:
         for r in range(4):
             for name, factory in factories.items():
-                monkeypatch.setattr(chat_client, "pooled_client", factory)
-                stack = ModelStack(WorkbenchConfig(llm=EndpointConfig(kind="openai", base_url=url, model="m")))
-                suite = Suite(dataset=ds, concurrency=16)
-                await arun(suite, runs_dir=tmp_path / f"warm-{name}-{r}", stack=stack, progress=False)
-                t0 = time.perf_counter()
-                res = await arun(suite, runs_dir=tmp_path / f"{name}-{r}", stack=stack, progress=False)
-                rates[name].append(len(load_run(res.path)) / (time.perf_counter() - t0))
+                monkeypatch.setattr(chat_client, "pooled_client", factory)  # what ChatClient calls
+                stack = _scripted_stack(url)
+                await _timed_run(stack, ds, tmp_path / f"warm-{name}-{r}")
+                rows, took = await _timed_run(stack, ds, tmp_path / f"{name}-{r}")
+                rates[name].append(rows / took)
                 stack.close()
 
     with EndpointProcess() as server:
@@ -260,13 +294,10 @@ def test_text_session_start_and_close(benchmark, tmp_path: Path) -> None:
     (what ``build_session`` passes), side by side."""
     from livekit.agents import AgentSession
 
-    from workbench.config import EndpointConfig, WorkbenchConfig
-    from workbench.models import ModelStack
     from workbench.pipeline import build_agent
     from workbench.strategies import build
 
-    llm_cfg = EndpointConfig(kind="openai", base_url="http://127.0.0.1:9/v1", model="m")
-    stack = ModelStack(WorkbenchConfig(llm=llm_cfg, state_dir=tmp_path / "state"))
+    stack = _scripted_stack("http://127.0.0.1:9/v1", tmp_path / "state")  # never called: start and close only
     cpu: dict[str, list[float]] = {"default_vad": [], "vad_none": []}
 
     async def measure() -> None:

@@ -206,10 +206,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 session.connector._close()
 
 
-def pooled_client(timeout_s: float, *, max_connections: int = 64) -> httpx.AsyncClient:
-    """The ``httpx.AsyncClient`` every chat endpoint uses: aiohttp underneath, keep-alive across streamed answers."""
-    transport = KeepAliveTransport(AiohttpTransport(httpx.Limits(max_connections=max_connections)))
-    return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0), transport=transport)
+def pooled_client(
+    timeout_s: float, *, max_connections: int = 64, inner: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """The ``httpx.AsyncClient`` every chat endpoint uses: aiohttp underneath (or ``inner``, which the
+    transport benchmark sets to httpx's own), keep-alive across streamed answers."""
+    inner = inner or AiohttpTransport(httpx.Limits(max_connections=max_connections))
+    return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0), transport=KeepAliveTransport(inner))
 
 
 _REQUEST_OPTIONS = ("extra_headers", "extra_query", "extra_body", "timeout")

@@ -421,19 +421,18 @@ class MultiAgentStrategy(AutoGenStrategy):
         lead_agent = _agent("editor", self.clients.get(self.cfg.lead_in_max_tokens),
                             _with_role(conv.instructions, LEAD_IN_ROLE), conv.messages)  # fmt: skip
         lead_stream = stream_tokens(lead_agent, speaker="editor")
-        accepted = asyncio.Event()
-        hook = _on_accepted.set(accepted.set)
+        accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        hook = _on_accepted.set(lambda: accepted.done() or accepted.set_result(None))
         try:  # the task copies the context, so only the lead-in's request reports its acceptance
             first = asyncio.ensure_future(anext(lead_stream, None))
         finally:
             _on_accepted.reset(hook)
         notes: dict[str, list[str]] = {}
         helper_tasks: dict[str, asyncio.Task[None]] = {}
-        accepted_wait = asyncio.ensure_future(accepted.wait())
         try:
             # the helpers go out once the server has queued the lead-in (or it failed), so a one-slot
             # server such as llama.cpp serves the lead-in first whatever order the sockets would race in
-            await asyncio.wait([first, accepted_wait], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([first, accepted], return_when=asyncio.FIRST_COMPLETED)
             for agent in self._helpers(conv):
                 notes[agent.name] = []
                 helper_tasks[agent.name] = asyncio.create_task(self._collect(agent, notes[agent.name]))
@@ -464,9 +463,8 @@ class MultiAgentStrategy(AutoGenStrategy):
                     need_space = False
                 yield token
         finally:
-            accepted_wait.cancel()
             first.cancel()
-            await asyncio.wait([first, accepted_wait])  # the generator is not running any more, so it can be closed
+            await asyncio.wait([first])  # the generator is not running any more, so it can be closed
             await lead_stream.aclose()
             for t in helper_tasks.values():
                 t.cancel()
