@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,21 @@ async def test_low_latency_speaks_before_the_helpers_finish_then_uses_their_note
     assert text == f"{LEAD} {MORE}"
     trace = team.trace_for(ctx.items[-1].id)
     assert trace is not None and trace.notes["helpers_partial"] is False
+    await team.aclose()
+
+
+async def test_low_latency_holds_the_helpers_until_the_server_has_taken_the_lead_in(
+    endpoint: ScriptedEndpoint, scripted_stack: ModelStack
+) -> None:
+    # the server never answers the lead-in (no headers): sent before it was queued, a helper could overtake it
+    endpoint.default = team_script(Script(text=NOTES), Script(fault="hang"), Script(text=MORE))
+    team = build({"kind": "multi_agent", "coordination": "low_latency"}, scripted_stack)
+    turn = asyncio.create_task(run_turn(team, chat_ctx(("user", "When do you open?"))))
+    await asyncio.sleep(0.3)
+    assert [("Start your reply now" in system_text(r)) for r in endpoint.chat_requests] == [True]
+    turn.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await turn
     await team.aclose()
 
 
