@@ -6,7 +6,8 @@ VENV        ?= .venv
 BIN         := $(VENV)/bin
 PY          := $(BIN)/python
 PIP         := $(PY) -m pip
-TORCH_PIN   := torch==2.13.0
+UV          := $(BIN)/uv
+UV_PIN      := uv==0.13.9
 LLAMA_PIN   := 0.3.36
 # -march=native enables AMX on these CPUs and segfaults at the first token: build with safe flags.
 LLAMA_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
@@ -14,23 +15,32 @@ LLAMA_FLAGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGG
 WHEELHOUSE  ?= $(HOME)/.cache/dianachat-workbench/wheels/llama-cpp-python-$(LLAMA_PIN)-safecpu
 STAMP       := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench bench-save lab lint clean-venv espeak chromium
+.PHONY: setup lock demo test test-fast bench bench-save bench-stacks lab lint clean-venv espeak chromium
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Installs exactly uv.lock: the lock is exported (with hashes) and synced into .venv, then llama-cpp-python
+# comes from our own safe-flags wheelhouse and the project itself is installed editable, without resolving.
+$(STAMP): pyproject.toml uv.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip wheel setuptools
-	# torch first: a plain dependency resolution would pull GBs of CUDA wheels
-	$(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q $(UV_PIN)
 	@if ! ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_PIN)-*.whl >/dev/null 2>&1; then \
 	  echo "building llama-cpp-python $(LLAMA_PIN) once into $(WHEELHOUSE) (about 5 minutes)"; \
 	  CMAKE_ARGS="$(LLAMA_FLAGS)" $(PIP) wheel -q --no-deps --no-cache-dir -w $(WHEELHOUSE) llama-cpp-python==$(LLAMA_PIN); \
 	fi
-	$(PIP) install -q --find-links $(WHEELHOUSE) -e '.[dev,lab]'
+	$(UV) export -q --frozen --extra dev --extra lab --no-emit-project --no-emit-package llama-cpp-python \
+	  -o $(VENV)/requirements.lock.txt
+	@echo "llama-cpp-python==$(LLAMA_PIN)" >> $(VENV)/requirements.lock.txt
+	$(UV) pip sync -q --python $(PY) --find-links $(WHEELHOUSE) $(VENV)/requirements.lock.txt
+	$(UV) pip install -q --python $(PY) --no-deps -e .
 	@$(MAKE) --no-print-directory espeak
 	@$(MAKE) --no-print-directory chromium
 	@touch $(STAMP)
+
+# Re-resolve on purpose (new versions, a changed dependency) and commit uv.lock; setup never re-resolves.
+lock:
+	@command -v $(UV) >/dev/null 2>&1 || $(PIP) install -q $(UV_PIN)
+	$(UV) lock --python $(PYTHON) --upgrade
 
 # espeak-ng is the second TTS voice; it comes from Debian, not PyPI.
 espeak:
@@ -53,6 +63,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
 test-fast: setup
@@ -78,6 +89,18 @@ bench: setup
 
 bench-save: setup
 	$(BIN)/pytest $(BENCH_ARGS) --benchmark-storage=file://$(BENCH_BASELINE_DIR) --benchmark-save=baseline
+
+# Another commit's stack against this one, side by side (BENCHMARKS.md, "Old stack against new"): the other
+# commit is checked out under $(OLD_DIR) and gets its own venv, installed the way that commit's Makefile does.
+OLD ?= fcae3f8
+OLD_DIR ?= $(HOME)/.cache/dianachat-workbench/stack-$(OLD)
+
+bench-stacks: setup
+	@test -d $(OLD_DIR) || git worktree add --detach $(OLD_DIR) $(OLD)
+	@test -x $(OLD_DIR)/.venv/bin/python || $(MAKE) -C $(OLD_DIR) setup
+	@mkdir -p .benchmarks
+	OLD_PYTHON=$(OLD_DIR)/.venv/bin/python $(BIN)/pytest benchmarks/test_bench_stacks.py -q -s --benchmark-only \
+	  --benchmark-columns=median,rounds --benchmark-json=.benchmarks/stacks-$(OLD).json
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -68,6 +68,8 @@ class EndpointConfig(_Model):
     max_tokens: int = 128
     context_tokens: int | None = None  # prompt budget for this endpoint; None = n_ctx - max_tokens
     timeout_s: float = 30.0
+    # httpx: what livekit-plugins-openai uses; aiohttp: the OpenAI SDK's own aiohttp option (less CPU per request)
+    transport: Literal["httpx", "aiohttp"] = "httpx"
 
     @field_validator("base_url")
     @classmethod

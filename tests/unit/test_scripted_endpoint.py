@@ -8,7 +8,7 @@ import json
 import statistics
 import time
 
-import httpx
+import httpx2
 import openai
 import openai.resources
 import pytest
@@ -128,7 +128,7 @@ async def test_models_list(ep: ScriptedEndpoint, client: openai.AsyncClient) -> 
 
 
 async def test_rejects_a_body_without_messages(ep: ScriptedEndpoint) -> None:
-    async with httpx.AsyncClient() as h:
+    async with httpx2.AsyncClient() as h:
         r = await h.post(f"{ep.base_url}/chat/completions", content=b"not json")
     assert r.status_code == 400
     assert ep.chat_requests[0].body is None
@@ -154,7 +154,7 @@ async def test_refuse_drops_the_connection_without_a_response(ep: ScriptedEndpoi
     ep.push(Script(fault="refuse"))
     with pytest.raises(openai.APIConnectionError) as info:
         await _stream(client)
-    assert isinstance(info.value.__cause__, httpx.RemoteProtocolError)
+    assert isinstance(info.value.__cause__, httpx2.RemoteProtocolError)
     rec = ep.chat_requests[0]
     assert await rec.wait_done()
     assert rec.status is None and not rec.disconnected  # the server hung up, not the client
@@ -164,7 +164,7 @@ async def test_closed_port_is_refused() -> None:
     c = openai.AsyncClient(base_url=closed_port_url(), api_key="k", max_retries=0)
     with pytest.raises(openai.APIConnectionError) as info:
         await c.models.list()
-    assert isinstance(info.value.__cause__, httpx.ConnectError)
+    assert isinstance(info.value.__cause__, httpx2.ConnectError)
     await c.close()
 
 
@@ -185,7 +185,7 @@ async def test_cut_after_n_tokens(ep: ScriptedEndpoint, client: openai.AsyncClie
     ep.push(Script(fault="cut", after=2, text="one two three four"))
     got: list[str] = []
     stream = await client.chat.completions.create(model="m", messages=MSGS, stream=True)
-    with pytest.raises(httpx.RemoteProtocolError):
+    with pytest.raises(httpx2.RemoteProtocolError):
         async for chunk in stream:
             got.append(chunk.choices[0].delta.content)
     assert got == ["one", " two"]
@@ -299,7 +299,7 @@ async def test_stop_ends_hanging_requests_quickly(client: openai.AsyncClient) ->
 
 def test_background_thread_mode_for_sync_code() -> None:
     with ScriptedEndpoint(Script(text="From a thread.", ttft_s=0.01)) as server:
-        with httpx.Client() as h:
+        with httpx2.Client() as h:
             body = {"model": "m", "messages": MSGS, "stream": True}
             with h.stream("POST", f"{server.base_url}/chat/completions", json=body) as r:
                 events = [line for line in r.iter_lines() if line.startswith("data: ")]
@@ -312,8 +312,8 @@ def test_background_thread_mode_for_sync_code() -> None:
         assert content == "From a thread."
         assert server.chat_requests[0].completed
     assert server.port is not None
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{server.base_url}/models")  # stopped: nothing listens any more
+    with pytest.raises(httpx2.ConnectError):
+        httpx2.get(f"{server.base_url}/models")  # stopped: nothing listens any more
 
 
 @given(st.text(alphabet=st.sampled_from(list("ab .\n\t")), max_size=40))

@@ -20,7 +20,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 
 from workbench.config import EndpointConfig
 from workbench.models.assets import resolve_gguf
@@ -134,9 +134,9 @@ class LocalLLMServer:
                     f"LLM server exited with code {code} while starting; log: {self.log_path}\n" + self._log_tail()
                 )
             try:
-                if httpx.get(f"{self.base_url}/models", timeout=1.0).status_code == 200:
+                if httpx2.get(f"{self.base_url}/models", timeout=1.0).status_code == 200:
                     return
-            except httpx.HTTPError:
+            except httpx2.HTTPError:
                 pass
             time.sleep(0.05)
         self.stop()

@@ -18,7 +18,7 @@ from livekit.agents import vad as lk_vad
 from livekit.plugins import openai as lk_openai
 
 from workbench.config import EndpointConfig, WorkbenchConfig, load_config
-from workbench.models.chat_client import ChatClient
+from workbench.models.chat_client import chat_client
 from workbench.models.llm_server import LocalLLMServer
 
 
@@ -78,8 +78,9 @@ class ModelStack:
         with self._lock:
             per_loop = self._clients.setdefault(loop, {}) if loop is not None else self._sync_clients
             if endpoint.name not in per_loop:
-                per_loop[endpoint.name] = ChatClient(
-                    base_url=endpoint.base_url, api_key=endpoint.config.api_key(), timeout_s=endpoint.config.timeout_s
+                c = endpoint.config
+                per_loop[endpoint.name] = chat_client(
+                    base_url=endpoint.base_url, api_key=c.api_key(), timeout_s=c.timeout_s, transport=c.transport
                 )
             return per_loop[endpoint.name]
 

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import httpx
+import httpx2
 import openai
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
@@ -92,7 +92,7 @@ def error_kind(e: BaseException) -> str:
     while cur is not None and len(chain) < 10 and all(cur is not c for c in chain):
         chain.append(cur)
         cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
-    for x in chain:
+    for x in reversed(chain):  # the root cause is the most specific (the SDK wraps a cut stream as a connection error)
         kind = _one_error_kind(x)
         if kind is not None:
             return kind
@@ -102,16 +102,17 @@ def error_kind(e: BaseException) -> str:
 
 
 def _one_error_kind(e: BaseException) -> str | None:
-    if isinstance(e, TimeoutError | APITimeoutError | openai.APITimeoutError | httpx.TimeoutException):
+    if isinstance(e, TimeoutError | APITimeoutError | openai.APITimeoutError | httpx2.TimeoutException):
         return "timeout"
     status = getattr(e, "status_code", None)
     if isinstance(status, int) and status > 0:
         return f"http_{status}"
     # openai wraps failures of the request itself (refused, dropped before any response)
-    if isinstance(e, openai.APIConnectionError | httpx.ConnectError | ConnectionError):
+    if isinstance(e, openai.APIConnectionError | httpx2.ConnectError | ConnectionError):
         return "connection"
-    if isinstance(e, httpx.RemoteProtocolError | httpx.ReadError):  # the body stopped mid-answer
-        return "stream_cut"
+    if isinstance(e, httpx2.RemoteProtocolError | httpx2.ReadError):
+        # the connection closed before any response (httpcore's wording for it) or the body stopped mid-answer
+        return "connection" if "without sending a response" in str(e) else "stream_cut"
     if isinstance(e, ValueError):
         return "malformed"
     return None  # livekit's APIConnectionError says nothing by itself: look at its cause
