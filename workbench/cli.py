@@ -223,6 +223,17 @@ def promote_cmd(
     if result.forced:
         console.print("[yellow]FORCED: " + "; ".join(result.problems) + "[/yellow]")
     console.print(f"promoted [bold]{strategy}[/bold] from run {result.promoted.evidence['run_id']} -> {result.path}")
+    from workbench.worker import version_check, version_mismatch_text
+
+    check = version_check(result.promoted)  # what the worker will check: say it now rather than at deployment
+    if not check.recorded:
+        console.print("[yellow]note: the run records no package versions, so the worker will refuse this file "
+                      "without --allow-version-mismatch[/yellow]")  # fmt: skip
+    else:
+        console.print(f"measured with {check.measured_text()}")
+        if not check.ok:
+            console.print(f"[yellow]note: {version_mismatch_text(check)}: a worker on this machine needs "
+                          "--allow-version-mismatch[/yellow]")  # fmt: skip
     console.print("serve it with: python -m workbench.worker start  (see docs/worker.md)")
 
 
@@ -357,6 +368,25 @@ def report_cmd(
         console.print(f"[red]cannot report:[/red] {escape(str(e))}")
         raise typer.Exit(2) from e
     console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if vs is not None:
+        _warn_stack_differences(run, vs, runs_dir)
+
+
+def _warn_stack_differences(run: str, vs: str, runs_dir: Path) -> None:
+    """The report's version banner, repeated on the terminal: a reader of the console never opens the HTML."""
+    import json
+
+    from rich.markup import escape
+
+    from workbench.replay.store import MANIFEST_FILE, resolve_run
+    from workbench.versions import stack_differences
+
+    a, b = (json.loads((resolve_run(r, runs_dir) / MANIFEST_FILE).read_text()) for r in (run, vs))
+    diffs = stack_differences(a, b)
+    if diffs:
+        console.print(f"[yellow]warning: {escape(run)} and {escape(vs)} were measured on different stacks:[/yellow]")
+        for d in diffs:
+            console.print(f"[yellow]  {escape(d.describe(run, vs))}[/yellow]")
 
 
 def verdict_table(verdict) -> Table:

@@ -68,6 +68,9 @@ class Promoted(BaseModel):
     strategy: dict[str, Any]  # workbench.strategies.build(...) input: kind, name, options
     agent: AgentSpec = Field(default_factory=AgentSpec)
     config: dict[str, Any] | None = None  # the run's workbench config (endpoints, models); key names only
+    # what the run was measured with: {workbench, packages: {name: version}, models: {role: {file, sha256}}};
+    # the worker refuses another livekit-agents or openai. None: an older file (see measured_packages)
+    measured_with: dict[str, Any] | None = None
     evidence: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -79,6 +82,17 @@ class Promoted(BaseModel):
     @property
     def strategy_name(self) -> str:
         return str(self.strategy.get("name") or self.strategy["kind"])
+
+    def measured_packages(self) -> dict[str, Any] | None:
+        """Package versions the strategy was measured with; a file older than ``measured_with`` falls back to
+        ``evidence.versions`` (the run's versions, copied since the first format); ``None`` if neither has any."""
+        packages = (self.measured_with or {}).get("packages") or self.evidence.get("versions")
+        return dict(packages) if isinstance(packages, Mapping) and packages else None
+
+    def measured_models(self) -> dict[str, Any] | None:
+        """Model file hashes the strategy was measured with (``None``: not recorded)."""
+        models = (self.measured_with or {}).get("models")
+        return dict(models) if isinstance(models, Mapping) and models else None
 
 
 class PromotedFileError(ValueError):
@@ -191,6 +205,20 @@ def _git_head() -> str | None:
     return out.stdout.strip() or None
 
 
+def measured_with_from_manifest(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The run's stack as recorded in its manifest (never this machine's: what was measured is what ships)."""
+    from workbench.versions import WORKBENCH_DIST, lookup
+
+    versions, models = manifest.get("versions"), manifest.get("models")
+    if not versions and not models:
+        return None
+    return {
+        "workbench": manifest.get("workbench_version") or lookup(versions, WORKBENCH_DIST),
+        "packages": dict(versions or {}),
+        "models": dict(models) if models else None,
+    }
+
+
 def _default_agent_spec(suite: Mapping[str, Any]) -> AgentSpec:
     from workbench.pipeline import DEFAULT_INSTRUCTIONS, SpeechTextConfig
 
@@ -294,6 +322,7 @@ def promote(
         strategy=_jsonable(cfg),
         agent=_default_agent_spec(run_suite),
         config=manifest.get("workbench_config"),
+        measured_with=_jsonable(measured_with_from_manifest(manifest)),
         evidence=_jsonable(evidence),
     )
     path = Path(out)

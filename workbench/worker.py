@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from workbench.config import WorkbenchConfig
     from workbench.models import ModelStack
     from workbench.pipeline import DianaAgent
+    from workbench.versions import VersionCheck
 
 log = logging.getLogger("workbench.worker")
 
@@ -35,6 +36,7 @@ PROMOTED_ENV = "WORKBENCH_PROMOTED"
 CREDENTIALS = {"LIVEKIT_URL": "--url", "LIVEKIT_API_KEY": "--api-key", "LIVEKIT_API_SECRET": "--api-secret"}
 SERVER_COMMANDS = {"start", "dev", "connect"}  # the LiveKit CLI commands that register with a server
 LOCAL_COMMANDS = {"console"}
+ALLOW_VERSION_MISMATCH = "--allow-version-mismatch"  # ours: stripped before LiveKit's CLI sees the arguments
 DEFAULT_GREETING = "Hello, this is Diana at the clinic. How can I help you?"
 
 
@@ -105,6 +107,54 @@ def session_from_promoted(
         speech_text=spec.speech_text,
     )
     return build_session(stack, strategy, mode=mode), agent
+
+
+# -- version parity ------------------------------------------------------------------------------
+def version_check(promoted: Promoted, installed: Mapping[str, str | None] | None = None) -> VersionCheck:
+    """The promoted strategy's measured livekit-agents and openai against this worker's (``installed``: real ones).
+
+    Package metadata only, no imports of either package: runs in milliseconds, before anything loads.
+    """
+    from workbench.versions import check_versions
+
+    return check_versions(promoted.measured_packages(), installed)
+
+
+def version_mismatch_text(check: VersionCheck) -> str:
+    """Both version sets in one sentence (the refusal and the override warning share it)."""
+    if not check.recorded:
+        return (
+            "the promoted file does not record the versions its strategy was measured with (written by an older "
+            f"workbench); this worker has {check.installed_text()}"
+        )
+    return f"promoted strategy was measured with {check.measured_text()}; this worker has {check.installed_text()}"
+
+
+def version_refusal_text(check: VersionCheck) -> str:
+    """The mismatch and the two ways out, as the one line the worker prints before exiting with 2."""
+    fix = "re-run the suite on this stack" if check.recorded else "re-promote a run made on this stack"
+    return f"{version_mismatch_text(check)} ({fix}, or pass {ALLOW_VERSION_MISMATCH})"
+
+
+def model_warnings(promoted: Promoted, config: WorkbenchConfig) -> list[str]:
+    """How this worker's model files differ (by sha256) from the measured ones: logged, never a refusal.
+
+    A model file may legitimately be rebuilt or moved; a library version changes behaviour for certain.
+    Hashes are cached under the config's state dir, so this is cheap after the first start.
+    """
+    from workbench.versions import model_differences, model_hashes
+
+    measured = promoted.measured_models()
+    if measured is None:
+        return ["the promoted file records no model file hashes: this worker's model files are not checked"]
+    try:
+        here = model_hashes(config)
+    except Exception as e:  # a warning-only check must never stop the worker
+        return [f"cannot hash this worker's model files: {e}"]
+    return [
+        f"model {d.name} differs: measured {d.a or 'none'}, this worker has {d.b or 'none'}"
+        for d in model_differences(measured, here)
+    ]
 
 
 # -- the LiveKit worker ---------------------------------------------------------------------------
@@ -191,8 +241,14 @@ def missing_credentials(argv: Sequence[str], environ: Mapping[str, str] | None =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Check what a server command needs (one clear line and exit 2 if not), then hand over to LiveKit's CLI."""
+    """Check what a server command needs (one clear line and exit 2 if not), then hand over to LiveKit's CLI.
+
+    Besides credentials and a usable promoted file, that is version parity: the installed livekit-agents
+    and openai must be the ones the strategy was measured with, unless ``--allow-version-mismatch``.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
+    allow_mismatch = ALLOW_VERSION_MISMATCH in args
+    args = [a for a in args if a != ALLOW_VERSION_MISMATCH]
     command = _command(args)
     if command in SERVER_COMMANDS:
         missing = missing_credentials(args)
@@ -206,11 +262,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in SERVER_COMMANDS | LOCAL_COMMANDS:
         try:
             promoted = load_promoted(promoted_path())
+            versions = version_check(promoted)
+            if not versions.ok and not allow_mismatch:
+                print(f"workbench worker: {version_refusal_text(versions)}", file=sys.stderr)
+                return 2
+            if not versions.ok:
+                log.warning("workbench worker: starting despite %s: %s", ALLOW_VERSION_MISMATCH,
+                            version_mismatch_text(versions))  # fmt: skip
             check_promoted(promoted)
-            worker_config(promoted)
+            config = worker_config(promoted)
         except ValueError as e:  # PromotedFileError, ConfigError
             print(f"workbench worker: {e}", file=sys.stderr)
             return 2
+        for warning in model_warnings(promoted, config):
+            log.warning("workbench worker: %s", warning)
 
     from livekit.agents import cli
 

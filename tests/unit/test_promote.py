@@ -190,3 +190,51 @@ def test_cli_refuses_with_exit_1_and_promotes_with_exit_0(runs: Path, tmp_path: 
     assert load_promoted(out).strategy_name == "plain"
     res = runner.invoke(app, ["promote", "nope", "--strategy", "plain", "--runs-dir", str(runs)])
     assert res.exit_code == 2 and "no run 'nope'" in res.stdout
+
+
+MEASURED_MODELS = {
+    "llm": {"gguf": "smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "bytes": 98362432, "sha256": "b1" * 32},
+    "stt": {"model": "tiny.en", "file": "model.bin", "bytes": 75538270, "sha256": "c2" * 32},
+}
+
+
+def test_promote_writes_the_versions_and_model_hashes_the_run_measured(runs: Path) -> None:
+    m = json.loads((runs / "r1" / MANIFEST_FILE).read_text())
+    versions = {"dianachat-workbench": "0.1.0", "livekit-agents": "1.8.6", "livekit": "1.1.20", "openai": "2.54.0",
+                "httpx2": "2.16.0", "livekit-plugins-openai": "1.8.6", "livekit-plugins-silero": "1.8.6"}  # fmt: skip
+    m.update(versions=versions, workbench_version="0.1.0", models=MEASURED_MODELS)
+    (runs / "r1" / MANIFEST_FILE).write_text(json.dumps(m))
+    result = _promote(runs, "plain")
+    raw = yaml.safe_load(result.path.read_text())
+    assert list(raw).index("measured_with") < list(raw).index("evidence")  # read before the long evidence
+    assert raw["measured_with"] == {"workbench": "0.1.0", "packages": versions, "models": MEASURED_MODELS}
+    p = load_promoted(result.path)  # read back
+    assert p.measured_with == raw["measured_with"]
+    assert p.measured_packages() == versions and p.measured_models() == MEASURED_MODELS
+
+
+def test_promote_from_a_run_without_versions_records_none(runs: Path) -> None:
+    m = json.loads((runs / "r1" / MANIFEST_FILE).read_text())
+    del m["versions"]
+    (runs / "r1" / MANIFEST_FILE).write_text(json.dumps(m))
+    p = load_promoted(_promote(runs, "plain").path)
+    assert p.measured_with is None and p.measured_packages() is None and p.measured_models() is None
+
+
+def test_an_older_promoted_file_falls_back_to_its_evidence_versions(tmp_path: Path) -> None:
+    f = tmp_path / "promoted.yaml"
+    f.write_text("strategy: {kind: plain}\nevidence: {run_id: r0, versions: {livekit-agents: 1.8.6}}\n")
+    p = load_promoted(f)
+    assert p.measured_with is None and p.measured_packages() == {"livekit-agents": "1.8.6"}
+
+
+def test_cli_promote_says_what_the_strategy_was_measured_with(runs: Path, tmp_path: Path) -> None:
+    from workbench.versions import installed_version
+
+    out = tmp_path / "w" / "promoted.yaml"
+    args = ["promote", "r1", "--runs-dir", str(runs), "--out", str(out), "--strategy", "plain"]
+    res = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert "measured with livekit-agents 1.8.6, openai not recorded" in res.stdout
+    assert "needs --allow-version-mismatch" in res.stdout
+    assert f"this worker has livekit-agents {installed_version('livekit-agents')}" in res.stdout

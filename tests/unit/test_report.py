@@ -22,13 +22,15 @@ SCORE_COLS = ["fact_recall", "semantic_similarity", "rouge_l"]
 NO_JUDGE = "no judge endpoint configured (score with --judge-endpoint NAME to add these columns)"
 
 
-def store_run(runs: Path, run_id: str, df: pd.DataFrame, dataset: Path, scored: bool = True) -> Path:
+def store_run(
+    runs: Path, run_id: str, df: pd.DataFrame, dataset: Path, scored: bool = True, **manifest_extra: Any
+) -> Path:
     """A real run folder: schema columns as turn rows, score columns in scores.parquet with their record."""
     store = RunStore(runs / run_id)
     manifest = {
         "run_id": run_id, "name": f"test {run_id}", "status": "complete", "dataset": str(dataset),
         "suite": {"baseline": "plain"}, "workbench_config": {"llm": {"kind": "local", "gguf": "smollm2"}},
-        "versions": {"livekit-agents": "1.8.6"}, "git_commit": "abc123",
+        "versions": {"livekit-agents": "1.8.6"}, "git_commit": "abc123", **manifest_extra,
     }  # fmt: skip
     store.write_manifest(manifest)
     for r in df[[c for c in COLUMNS if c in df.columns]].to_dict("records"):
@@ -153,3 +155,45 @@ def test_scores_are_joined_on_the_key(env: dict[str, Any]) -> None:
     stored = pd.read_parquet(env["runs"] / "this" / "scores.parquet")
     assert list(stored.columns[: len(KEY)]) == list(KEY)
     assert set(SCORE_COLS) <= set(stored.columns)
+
+
+def test_runs_on_the_same_stack_get_no_version_banner(env: dict[str, Any]) -> None:
+    assert "id='version-mismatch'" not in env["html"]
+    assert "livekit-agents 1.8.6" in env["html"]  # the header shows the versions
+
+
+def test_runs_measured_on_different_stacks_get_a_banner_listing_the_differences(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    df = synthetic_run(conversations=2, turns=2, repetitions=1, seed=3)
+    runs = tmp_path / "runs"
+    old = {"livekit-agents": "1.8.6", "openai": "2.54.0", "livekit-plugins-openai": "1.8.6", "pandas": "2.2.0"}
+    new = {"livekit-agents": "1.8.9", "openai": "3.63.0", "livekit-plugins-openai": "1.8.9", "pandas": "2.3.0"}
+    llm = {"file": "SmolLM2-135M-Instruct.Q4_1.gguf", "sha256": "b179c9523d0e" + "0" * 52}
+    stt = {"file": "model.bin", "sha256": "5" * 64}
+    store_run(runs, "new", df, env["dataset"], versions=new, models={"llm": llm, "stt": stt})
+    store_run(runs, "old", df, env["dataset"], versions=old,
+              models={"llm": {**llm, "sha256": "1d9614638d18" + "0" * 52}, "stt": stt})  # fmt: skip
+    out = tmp_path / "vs.html"
+    res = CliRunner().invoke(app, ["report", "new", "--vs", "old", "--runs-dir", str(runs), "--out", str(out)],
+                             env={"COLUMNS": "200"})  # fmt: skip
+    assert res.exit_code == 0, res.output
+    html = out.read_text()
+    banner = html.split("id='version-mismatch'")[1].split("</div>")[0]
+    assert html.index("id='version-mismatch'") < html.index("id='leaderboard'")  # at the top, not buried
+    items = re.findall(r"<li>(.*?)</li>", banner)
+    assert items == [
+        "package livekit-agents: this run 1.8.9, old 1.8.6",
+        "package livekit-plugins-openai: this run 1.8.9, old 1.8.6",
+        "package openai: this run 3.63.0, old 2.54.0",
+        "model llm: this run SmolLM2-135M-Instruct.Q4_1.gguf sha256 b179c9523d0e, "
+        "old SmolLM2-135M-Instruct.Q4_1.gguf sha256 1d9614638d18",
+    ]  # pandas differs too, but it is not part of the measured stack; stt is the same file
+    assert "different stacks (see the warning at the top)" in html.split("id='vs-run'")[1]
+    assert "livekit-agents 1.8.9" in html and "stt model.bin sha256 <code>555555555555</code>" in html
+    assert "warning: new and old were measured on different stacks" in res.stdout
+    assert "package openai: new 3.63.0, old 2.54.0" in res.stdout

@@ -24,6 +24,7 @@ from workbench.analysis.compare import Comparison, Objective, compare, ensure_fa
 from workbench.replay.store import RUNS_DIR
 from workbench.scoring.base import as_list, as_text
 from workbench.scoring.persist import ScoredRun, load_scored
+from workbench.versions import stack_differences
 
 AUDIO_MIME = {".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".opus": "audio/ogg",
               ".flac": "audio/flac", ".m4a": "audio/mp4"}  # fmt: skip
@@ -43,6 +44,7 @@ td.better{color:#1a7f37;font-weight:600}td.worse{color:#b42318;font-weight:600}
 figure{margin:14px 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9em}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:8px 12px;margin:10px 0}
 .ok{color:#1a7f37}.bad{color:#b42318}
+.warn{background:#fdecea;border-left:4px solid #b42318;padding:8px 12px;margin:10px 0}.warn ul{margin:4px 0}
 .turn{border:1px solid #ddd;border-radius:6px;padding:10px 14px;margin:12px 0}
 .turn h3{margin:0 0 6px 0;font-size:1em}.turn dl{display:grid;grid-template-columns:140px 1fr;gap:3px 10px;margin:0}
 .turn dt{color:#666}.turn dd{margin:0;white-space:pre-wrap}audio{height:32px}
@@ -268,10 +270,38 @@ def _header(scored: ScoredRun) -> str:
         ("rows", rows_text),
         ("LLM", f"<code>{_esc(model)}</code> ({_esc(llm.get('kind', '?'))})"),
         ("versions", ", ".join(f"{_esc(k)} {_esc(v)}" for k, v in versions.items()) or "?"),
+        ("models", _models_text(m.get("models"))),
         ("commit", f"<code>{_esc(commit or '?')}</code>" + (" (uncommitted changes)" if m.get("git_dirty") else "")),
     ]
     rows = "".join(f"<tr><th>{k}</th><td style='text-align:left'>{v}</td></tr>" for k, v in facts)
     return f"<h1>DianaChat Workbench report: {_esc(m.get('name') or scored.run_id)}</h1><table>{rows}</table>"
+
+
+def _models_text(models: Any) -> str:
+    """``role file sha256 (12 hex)`` per model file the run recorded; older runs recorded none."""
+    if not isinstance(models, dict) or not models:
+        return "not recorded"
+    parts = []
+    for role, rec in models.items():
+        rec = rec if isinstance(rec, dict) else {}
+        digest = f"sha256 <code>{_esc(str(rec['sha256'])[:12])}</code>" if rec.get("sha256") else "no hash"
+        why = f" ({_esc(rec.get('error') or rec.get('note'))})" if rec.get("error") or rec.get("note") else ""
+        parts.append(f"{_esc(role)} {_esc(rec.get('file') or rec.get('gguf') or '?')} {digest}{why}")
+    return "; ".join(parts)
+
+
+def _stack_banner(this: ScoredRun, other: ScoredRun) -> str:
+    """A warning when the compared runs were measured on different stacks: their differences may not be the
+    strategies' but LiveKit's, the OpenAI client's or a model file's. Empty when the stacks match."""
+    diffs = stack_differences(this.manifest, other.manifest)
+    if not diffs:
+        return ""
+    items = "".join(f"<li>{_esc(d.describe('this run', other.run_id))}</li>" for d in diffs)
+    return (
+        f"<div class='warn' id='version-mismatch'><strong>This run and <code>{_esc(other.run_id)}</code> were "
+        f"measured on different stacks</strong>: differences between them may come from these, not from the "
+        f"strategies.<ul>{items}</ul></div>"
+    )
 
 
 def _default_baseline(scored: ScoredRun) -> str | None:
@@ -305,6 +335,11 @@ def _vs_section(this: ScoredRun, other: ScoredRun, objective: Objective, pass_th
         "<p>Paired on (conversation, turn, repetition, mode, voice); differences are this run minus the other; "
         "Wilcoxon signed-rank on per-turn means over repetitions.</p>"
     )
+    if stack_differences(this.manifest, other.manifest):
+        parts.append(
+            "<p class='note'>The two runs were measured on different stacks (see the warning at the top): these "
+            "differences mix the strategies' effect with the versions' or model files'.</p>"
+        )
     table = _paired_view(pd.concat(rows, ignore_index=True)) if rows else pd.DataFrame()
     parts.append(_table(table, classes={"verdict": _verdict_class}))
     return "".join(parts)
@@ -328,6 +363,8 @@ def render_report(
     baseline = baseline or _default_baseline(scored)
     c = compare(df, baseline=baseline, objective=objective, pass_threshold=pass_threshold, seed=seed)
     sections: list[str] = [_header(scored)]
+    if other is not None:
+        sections.append(_stack_banner(scored, other))
     for note in c.notes:
         sections.append(f"<p class='note'>{_esc(note)}</p>")
 

@@ -170,7 +170,7 @@ async def arun(
                 "suite": suite.model_dump(mode="json"),
                 "dataset_problems": [dataclasses.asdict(p) for p in dataset.problems],
                 "workbench_config": stack.config.model_dump(mode="json"),  # key *names* only, never values
-                **environment_info(),
+                **environment_info(stack.config),
             }
         )
     else:

@@ -9,7 +9,6 @@ uninterrupted run has. One process writes a run at a time (an OS file lock).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import math
@@ -19,13 +18,15 @@ import subprocess
 import threading
 import uuid
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from workbench.replay.schema import COLUMNS, KEY
+
+if TYPE_CHECKING:
+    from workbench.config import WorkbenchConfig
 
 RUNS_DIR = Path("runs")
 TURNS_FILE = "turns.parquet"
@@ -210,24 +211,17 @@ def load_run(run: str | Path, runs_dir: Path = RUNS_DIR) -> pd.DataFrame:
     return df
 
 
-def environment_info() -> dict[str, Any]:
-    """Package versions, machine and git commit for the manifest (never environment variables)."""
-    versions = {}
-    for pkg in (
-        "dianachat-workbench",
-        "livekit-agents",
-        "openai",
-        "ragas",
-        "llama-index-core",
-        "llama_cpp_python",
-        "faster-whisper",
-        "piper-tts",
-        "autogen-agentchat",
-        "torch",
-        "pandas",
-    ):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[pkg] = metadata.version(pkg)
+def environment_info(config: WorkbenchConfig | None = None) -> dict[str, Any]:
+    """Versions, model hashes, machine and git commit for the manifest (never environment variables).
+
+    ``versions`` holds every ``livekit*`` distribution besides the tracked packages, and ``models`` the
+    sha256 of each model file ``config`` points at (only when given the run's config: a guessed config
+    would record hashes of files the run never used). ``workbench promote`` copies both into the promoted
+    file, and the worker checks them (:mod:`workbench.versions`).
+    """
+    from workbench import versions as stack_versions
+
+    models = {"models": stack_versions.model_hashes(config)} if config is not None else {}
     try:
         repo = Path(__file__).resolve().parents[2]
         git = ["git", "-C", str(repo)]
@@ -241,7 +235,9 @@ def environment_info() -> dict[str, Any]:
     import psutil
 
     return {
-        "versions": versions,
+        "versions": stack_versions.package_versions(),
+        "workbench_version": stack_versions.workbench_version(),
+        **models,
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),

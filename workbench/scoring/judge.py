@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
+import httpx2
 import pandas as pd
 
 from workbench.scoring.base import ScoreContext, Scorer, as_list, as_text, run_sync, scorer
@@ -74,21 +74,21 @@ class JudgeCache:
         os.replace(tmp, p)
 
 
-class CachingTransport(httpx.AsyncBaseTransport):
-    """An httpx transport that answers repeated chat-completion requests from :class:`JudgeCache`."""
+class CachingTransport(httpx2.AsyncBaseTransport):
+    """An httpx2 transport that answers repeated chat-completion requests from :class:`JudgeCache`."""
 
-    def __init__(self, cache: JudgeCache, inner: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, cache: JudgeCache, inner: httpx2.AsyncBaseTransport | None = None) -> None:
         self.cache = cache
-        self.inner = inner or httpx.AsyncHTTPTransport()
+        self.inner = inner or httpx2.AsyncHTTPTransport()
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if request.method != "POST" or not request.url.path.endswith(CACHED_PATHS):
             return await self.inner.handle_async_request(request)
         body = await request.aread()
         key = self.cache.key(body)
         hit = self.cache.get(key)
         if hit is not None:
-            return httpx.Response(
+            return httpx2.Response(
                 200, headers={"content-type": hit["content_type"]}, content=hit["body"].encode(), request=request
             )
         response = await self.inner.handle_async_request(request)
@@ -104,7 +104,7 @@ class CachingTransport(httpx.AsyncBaseTransport):
         headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-encoding",
                                                                                  "content-length",
                                                                                  "transfer-encoding")}  # fmt: skip
-        return httpx.Response(response.status_code, headers=headers, content=content, request=request)
+        return httpx2.Response(response.status_code, headers=headers, content=content, request=request)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -176,8 +176,8 @@ class JudgeLLM:
             base_url=self.base_url,
             api_key=self._api_key,
             max_retries=2,
-            http_client=httpx.AsyncClient(
-                transport=CachingTransport(self.cache), timeout=httpx.Timeout(self.timeout_s, connect=10.0)
+            http_client=httpx2.AsyncClient(
+                transport=CachingTransport(self.cache), timeout=httpx2.Timeout(self.timeout_s, connect=10.0)
             ),
         )
 
