@@ -43,7 +43,7 @@ def _load_builtins() -> None:
     """Importing a strategy module registers its strategies."""
     import importlib
 
-    for module in ("builtin", "rag", "agents"):
+    for module in ("builtin", "rag", "agents", "ag2"):
         importlib.import_module(f"workbench.strategies.{module}")
 
 
