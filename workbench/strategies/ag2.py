@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import contextvars
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -55,6 +54,8 @@ from workbench.strategies.agents import (
     to_autogen,
 )
 from workbench.strategies.base import Strategy, StrategyOptions, Turn, error_kind
+from workbench.strategies.bridge import stream_from_task
+from workbench.strategies.pooled import PooledClients
 from workbench.strategies.registry import register
 
 _on_accepted: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
@@ -126,41 +127,16 @@ def create_options(endpoint: ResolvedEndpoint, max_tokens: int) -> CreateOptions
     return options
 
 
-class AG2Clients:
-    """AG2 model configs for one endpoint, one per ``max_tokens``, on the stack's pooled HTTP client.
+class AG2Clients(PooledClients[PooledModelConfig]):
+    """AG2 model configs for one endpoint on the stack's pooled HTTP client (:mod:`.pooled`)."""
 
-    The ``openai.AsyncOpenAI`` comes from ``client_factory`` (the stack's, one per endpoint and event loop),
-    so AG2 shares warm connections with ``plain`` and every other LLM on the endpoint.
-    """
+    framework = "ag2"
 
-    def __init__(self, endpoint: ResolvedEndpoint, client_factory: Callable[[], openai.AsyncOpenAI]) -> None:
-        self.endpoint = endpoint
-        self._factory = client_factory
-        # keyed weakly by loop, like the stack's pools: a finished loop takes its clients with it
-        self._configs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, PooledModelConfig]] = (
-            weakref.WeakKeyDictionary()
-        )
+    def wrap(self, pool: Any, max_tokens: int) -> PooledModelConfig:
+        return PooledModelConfig(PooledAG2Client(pool, create_options(self.endpoint, max_tokens)))
 
-    @classmethod
-    def for_stack(cls, stack: ModelStack, endpoint: ResolvedEndpoint) -> AG2Clients:
-        """The stack's shared instance for this endpoint (every AG2 strategy on the stack reuses it)."""
-        key = f"ag2-clients:{endpoint.name}"
-        return stack._once(key, lambda: cls(endpoint, lambda: stack.http_client(endpoint)))
-
-    def get(self, max_tokens: int | None = None) -> PooledModelConfig:
-        """The config for the running loop (the factory gives the loop's pool) and this ``max_tokens``."""
-        per_loop = self._configs.setdefault(asyncio.get_running_loop(), {})
-        pool = self._factory()
-        tokens = max_tokens or self.endpoint.config.max_tokens
-        config = per_loop.get(tokens)
-        if config is None or config.client.pool is not pool:
-            config = PooledModelConfig(PooledAG2Client(pool, create_options(self.endpoint, tokens)))
-            per_loop[tokens] = config
-        return config
-
-    def clear(self) -> None:
-        """Drop the wrappers (the next turn makes new ones); the HTTP pool is the stack's to close."""
-        self._configs.clear()
+    def pool_of(self, wrapper: PooledModelConfig) -> Any:
+        return wrapper.client.pool
 
 
 # -- LiveKit chat context -> AG2 events -------------------------------------------------------------------
@@ -196,47 +172,22 @@ def to_ag2(chat_ctx: ChatContext) -> AG2Conversation:
     return AG2Conversation(conv.instructions, events, request)
 
 
-_END = object()
+def stream_reply(
+    agent: Agent, config: PooledModelConfig, events: Sequence[BaseEvent], instructions: str
+) -> AsyncIterator[str]:
+    """Run one AG2 agent turn on ``events`` (the last one starts it) and yield its tokens as they arrive;
+    closing the stream cancels the run's task, which closes the HTTP response."""
 
+    async def produce(emit: Callable[[str], None]) -> None:
+        stream = MemoryStream()
 
-async def stream_reply(agent: Agent, config: PooledModelConfig, events: Sequence[BaseEvent],
-                       instructions: str) -> AsyncIterator[str]:  # fmt: skip
-    """Run one AG2 agent turn on ``events`` (the last one starts it) and yield its tokens as they arrive.
+        async def on_chunk(event: ModelMessageChunk) -> None:
+            emit(event.content)
 
-    The run happens in its own task so that closing this generator can cancel it mid-await: that
-    interrupts the HTTP read wherever it is and the client closes the response.
-    """
-    stream = MemoryStream()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+        stream.where(ModelMessageChunk).subscribe(on_chunk)
+        await agent.resume(*events, stream=stream, config=config, prompt=[instructions] if instructions else ())
 
-    async def on_chunk(event: ModelMessageChunk) -> None:
-        queue.put_nowait(event.content)
-
-    stream.where(ModelMessageChunk).subscribe(on_chunk)
-
-    async def produce() -> None:
-        try:
-            await agent.resume(*events, stream=stream, config=config, prompt=[instructions] if instructions else ())
-            queue.put_nowait(_END)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # handed to the consumer, raised there with its own type
-            queue.put_nowait(e)
-
-    runner = asyncio.create_task(produce(), name=f"ag2-{agent.name}")
-    try:
-        while True:
-            item = await queue.get()
-            if item is _END:
-                return
-            if isinstance(item, Exception):
-                raise item
-            if item:
-                yield item
-    finally:
-        if not runner.done():
-            runner.cancel()
-            await asyncio.wait([runner])  # never swallows our own cancellation
+    return stream_from_task(produce, name=f"ag2-{agent.name}")
 
 
 # -- strategies ---------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import contextvars
 import logging
 import re
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,9 +33,11 @@ from livekit.agents import llm
 from livekit.agents.llm import ChatContext, ChatMessage
 from pydantic import Field
 
-from workbench.models import ModelStack, ResolvedEndpoint
+from workbench.models import ModelStack
 from workbench.strategies.base import Passage, Strategy, StrategyOptions, Turn, error_kind
+from workbench.strategies.bridge import stream_from_task
 from workbench.strategies.context import with_context_in_instructions
+from workbench.strategies.pooled import PooledClients
 from workbench.strategies.registry import register
 
 
@@ -118,46 +119,23 @@ class PooledOpenAIClient(BaseOpenAIChatCompletionClient):
             await self._client.close()
 
 
-class ModelClients:
-    """AutoGen model clients for one endpoint, one per ``max_tokens``, on the stack's pooled HTTP client.
+class ModelClients(PooledClients[PooledOpenAIClient]):
+    """AutoGen model clients for one endpoint on the stack's pooled HTTP client (:mod:`.pooled`).
 
-    The ``openai.AsyncClient`` comes from ``client_factory`` (the stack's, one per endpoint and event loop),
-    so AutoGen shares warm connections with ``plain`` and every other LLM on the endpoint, and concurrent
-    sessions share one client: AutoGen's client keeps no per-conversation state, only usage counters. The
-    pool belongs to the stack and is released with it; :meth:`aclose` drops the AutoGen wrappers.
+    Concurrent sessions share one client: AutoGen's client keeps no per-conversation state, only usage counters.
     """
 
-    def __init__(self, endpoint: ResolvedEndpoint, client_factory: Callable[[], Any]) -> None:
-        self.endpoint = endpoint
-        self._factory = client_factory
-        # keyed weakly by loop, like the stack's pools: a finished loop takes its wrappers with it
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, PooledOpenAIClient]] = (
-            weakref.WeakKeyDictionary()
+    framework = "autogen"
+
+    def wrap(self, pool: Any, max_tokens: int) -> PooledOpenAIClient:
+        c = self.endpoint.config
+        extra = {"seed": c.seed} if c.seed is not None else {}
+        return PooledOpenAIClient(
+            pool, model=self.endpoint.model, temperature=c.temperature, max_tokens=max_tokens, **extra
         )
 
-    @classmethod
-    def for_stack(cls, stack: ModelStack, endpoint: ResolvedEndpoint) -> ModelClients:
-        """The stack's shared instance for this endpoint (every AutoGen strategy on the stack reuses it)."""
-        key = f"autogen-clients:{endpoint.name}"
-        return stack._once(key, lambda: cls(endpoint, lambda: stack.http_client(endpoint)))
-
-    def get(self, max_tokens: int | None = None) -> PooledOpenAIClient:
-        """The client for the running loop (the factory gives the loop's pool) and this ``max_tokens``."""
-        per_loop = self._clients.setdefault(asyncio.get_running_loop(), {})
-        pool = self._factory()
-        c = self.endpoint.config
-        tokens = max_tokens or c.max_tokens
-        client = per_loop.get(tokens)
-        if client is None or client._client is not pool:
-            extra = {"seed": c.seed} if c.seed is not None else {}
-            client = PooledOpenAIClient(pool, model=self.endpoint.model, temperature=c.temperature,
-                                        max_tokens=tokens, **extra)  # fmt: skip
-            per_loop[tokens] = client
-        return client
-
-    async def aclose(self) -> None:
-        """Drop the wrappers (the next turn makes new ones); the HTTP pool is the stack's to close."""
-        self._clients.clear()
+    def pool_of(self, wrapper: PooledOpenAIClient) -> Any:
+        return wrapper._client
 
 
 # -- LiveKit chat context -> AutoGen messages -------------------------------------------------------------
@@ -206,48 +184,17 @@ def _agent(name: str, client: PooledOpenAIClient, system: str, history: Sequence
     )
 
 
-_END = object()
-
-
-async def stream_tokens(runnable: Any, *, task: Any = None, speaker: str | None = None) -> AsyncIterator[str]:
-    """Run an AutoGen agent or team and yield ``speaker``'s streamed tokens as they arrive.
-
-    The run happens in its own task so that closing this generator can cancel it mid-await: the
-    ``CancellationToken`` (AutoGen's own way, honoured by teams) and then the task itself, which interrupts
-    the HTTP read wherever it is and closes the response.
-    """
+def stream_tokens(runnable: Any, *, task: Any = None, speaker: str | None = None) -> AsyncIterator[str]:
+    """Run an AutoGen agent or team and yield ``speaker``'s streamed tokens as they arrive; closing the
+    stream cancels the run through its ``CancellationToken`` (AutoGen's own way, honoured by teams) and task."""
     token = CancellationToken()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
 
-    async def produce() -> None:
-        try:
-            async for event in runnable.run_stream(task=task, cancellation_token=token, output_task_messages=False):
-                if (
-                    isinstance(event, ModelClientStreamingChunkEvent)
-                    and event.content
-                    and (speaker is None or event.source == speaker)
-                ):
-                    queue.put_nowait(event.content)
-            queue.put_nowait(_END)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # handed to the consumer, raised there with its own type
-            queue.put_nowait(e)
+    async def produce(emit: Callable[[str], None]) -> None:
+        async for event in runnable.run_stream(task=task, cancellation_token=token, output_task_messages=False):
+            if isinstance(event, ModelClientStreamingChunkEvent) and (speaker is None or event.source == speaker):
+                emit(event.content)
 
-    runner = asyncio.create_task(produce(), name=f"autogen-{speaker or 'run'}")
-    try:
-        while True:
-            item = await queue.get()
-            if item is _END:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
-    finally:
-        if not runner.done():
-            token.cancel()
-            runner.cancel()
-            await asyncio.wait([runner])  # never swallows our own cancellation
+    return stream_from_task(produce, name=f"autogen-{speaker or 'run'}", on_cancel=token.cancel)
 
 
 # -- strategies ---------------------------------------------------------------------------------------------

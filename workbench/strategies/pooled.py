@@ -1,0 +1,60 @@
+"""Agent-framework model clients on the stack's pooled OpenAI client, one per event loop and ``max_tokens``.
+
+AutoGen and AG2 each wrap an ``openai.AsyncOpenAI`` in a client of their own. Wrapping the stack's (one
+per endpoint and loop) lets them share warm connections with ``plain`` and every other LLM on the
+endpoint; the pool belongs to the stack and is released with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+from workbench.models import ModelStack, ResolvedEndpoint
+
+W = TypeVar("W")
+
+
+class PooledClients(Generic[W]):
+    """Wrappers made by :meth:`wrap`, one per loop and ``max_tokens``, remade when the loop's pool changes."""
+
+    framework: ClassVar[str]
+
+    def __init__(self, endpoint: ResolvedEndpoint, client_factory: Callable[[], Any]) -> None:
+        self.endpoint = endpoint
+        self._factory = client_factory
+        # keyed weakly by loop, like the stack's pools: a finished loop takes its wrappers with it
+        self._wrappers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, W]] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def for_stack(cls, stack: ModelStack, endpoint: ResolvedEndpoint) -> Self:
+        """The stack's shared instance for this endpoint (every strategy of the framework reuses it)."""
+        key = f"{cls.framework}-clients:{endpoint.name}"
+        return stack._once(key, lambda: cls(endpoint, lambda: stack.http_client(endpoint)))
+
+    def wrap(self, pool: Any, max_tokens: int) -> W:
+        """The framework's client on ``pool``."""
+        raise NotImplementedError
+
+    def pool_of(self, wrapper: W) -> Any:
+        """The OpenAI client ``wrapper`` sends through."""
+        raise NotImplementedError
+
+    def get(self, max_tokens: int | None = None) -> W:
+        """The wrapper for the running loop (the factory gives the loop's pool) and this ``max_tokens``."""
+        per_loop = self._wrappers.setdefault(asyncio.get_running_loop(), {})
+        pool = self._factory()
+        tokens = max_tokens or self.endpoint.config.max_tokens
+        wrapper = per_loop.get(tokens)
+        if wrapper is None or self.pool_of(wrapper) is not pool:
+            wrapper = per_loop[tokens] = self.wrap(pool, tokens)
+        return wrapper
+
+    def clear(self) -> None:
+        """Drop the wrappers (the next turn makes new ones); the HTTP pool is the stack's to close."""
+        self._wrappers.clear()
+
+    async def aclose(self) -> None:
+        self.clear()
