@@ -26,10 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from workbench.analysis.gates import GateResult as GateResult
 from workbench.analysis.gates import GateSpec as GateSpec
 from workbench.analysis.gates import GateSpecError as GateSpecError
-from workbench.analysis.gates import _is_error
 from workbench.analysis.gates import check_gate as check_gate
 from workbench.analysis.gates import evaluate_gates as evaluate_gates
 from workbench.analysis.gates import parse_gates as parse_gates
+from workbench.analysis.stats import is_error as _is_error
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -16,8 +16,8 @@ from workbench.analysis.compare import (
     holm,
     pareto_front,
     passed,
-    wilcoxon_p,
 )
+from workbench.analysis.stats import wilcoxon
 from workbench.analysis.synthetic import Profile, degrade, synthetic_run
 from workbench.replay.store import typed_frame
 
@@ -63,12 +63,12 @@ def test_independent_runs_of_the_same_strategy_are_not_called_different() -> Non
 def test_wilcoxon_is_calibrated_on_null_differences_and_powerful_on_real_ones() -> None:
     rng = np.random.default_rng(0)
     # skewed, heavy-tailed paired latency differences with no shift (symmetric by construction)
-    null = [wilcoxon_p(rng.lognormal(0, 0.6, 40) * rng.choice([-1, 1], 40)) for _ in range(300)]
+    null = [wilcoxon(rng.lognormal(0, 0.6, 40) * rng.choice([-1, 1], 40)).p for _ in range(300)]
     false_positive = np.mean(np.array(null) < 0.05)
     assert 0.01 <= false_positive <= 0.09
-    shifted = [wilcoxon_p(rng.lognormal(0, 0.6, 40) * rng.choice([-1, 1], 40) + 0.8) for _ in range(100)]
+    shifted = [wilcoxon(rng.lognormal(0, 0.6, 40) * rng.choice([-1, 1], 40) + 0.8).p for _ in range(100)]
     assert np.mean(np.array(shifted) < 0.05) > 0.8
-    assert wilcoxon_p(np.zeros(10)) == 1.0 and math.isnan(wilcoxon_p(np.array([])))
+    assert wilcoxon(np.zeros(10)).p == 1.0 and math.isnan(wilcoxon(np.array([])).p)
 
 
 def test_latency_percentiles_are_the_plain_percentiles_of_each_strategy(run: pd.DataFrame) -> None:

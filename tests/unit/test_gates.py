@@ -14,9 +14,9 @@ from workbench.analysis.gates import (
     check_regression,
     evaluate_gates,
     expand,
-    one_sided_wilcoxon,
     parse_gates,
 )
+from workbench.analysis.stats import wilcoxon
 from workbench.replay.suite import Suite
 
 
@@ -185,9 +185,9 @@ def test_regression_evidence_problems_are_named() -> None:
 
 
 def test_one_sided_wilcoxon_direction() -> None:
-    assert one_sided_wilcoxon([0, 0, 0])[0] == 1.0
-    assert one_sided_wilcoxon([1, 2, 3, 4, 5])[0] == pytest.approx(1 / 32)
-    assert one_sided_wilcoxon([-1, -2, -3, -4, -5])[0] == pytest.approx(1.0)  # improvements are never a regression
+    assert wilcoxon([0, 0, 0], "greater").p == 1.0
+    assert wilcoxon([1, 2, 3, 4, 5], "greater").p == pytest.approx(1 / 32)
+    assert wilcoxon([-1, -2, -3, -4, -5], "greater").p == pytest.approx(1.0)  # improvements are never a regression
 
 
 # -- the whole suite -----------------------------------------------------------------------------------------

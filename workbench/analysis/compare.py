@@ -7,15 +7,17 @@ Statistics, and why:
   separate samples would make intervals too narrow and p-values too small. Bootstrap intervals
   resample items (a cluster bootstrap); paired differences are matched on the full key
   (conversation, turn, repetition, mode, voice) and then averaged over repetitions per item.
-- **Wilcoxon signed-rank** on the per-item differences. Latency differences are skewed and
-  heavy-tailed, quality differences are bounded and lumpy (fact recall moves in steps of 1/2,
-  1/3), so the paired t-test's normality assumption fails exactly where we need it; Wilcoxon
-  needs only symmetry of the differences, keeps good power on these shapes and is the standard
-  paired test for such data. Items whose difference is exactly zero carry no information about
-  the direction and are dropped (``zero_method="wilcox"``); if all are zero, p = 1.
+- **Wilcoxon signed-rank** on the per-item differences (:func:`workbench.analysis.stats.wilcoxon`,
+  two-sided). Latency differences are skewed and heavy-tailed, quality differences are bounded
+  and lumpy (fact recall moves in steps of 1/2, 1/3), so the paired t-test's normality assumption
+  fails exactly where we need it; Wilcoxon needs only symmetry of the differences. Ties carry no
+  direction and are dropped; if all are ties, p = 1.
 - **Holm** correction across the strategies compared with the baseline, per metric, so adding
   strategies does not manufacture "significant" wins.
 - Percentile intervals from ``n_boot`` resamples with a fixed ``seed``: reruns give the same table.
+- **Which metrics, which way.** Quality columns are every registered scorer's numeric column in the
+  run (a user's ``@scorer`` included); whether a rise is "better" or "worse" is the column's
+  declared direction in the metric catalogue (:mod:`workbench.core.metrics`).
 """
 
 from __future__ import annotations
@@ -29,18 +31,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.scoring.base import as_list, as_text
+from workbench.analysis.stats import (
+    ITEM_KEY,
+    direction,
+    is_error,
+    item_means,
+    pair_turns,
+    score_columns,
+    wilcoxon,
+)
+from workbench.core.cells import as_list, as_text
 
 LATENCY_COLUMNS = ("llm_ttfc_s", "llm_total_s", "v2v_s")
-STAGE_COLUMNS = ("eou_delay_s", "stt_s", "llm_ttfc_s", "tts_ttfb_s")
-QUALITY_COLUMNS = (
-    "fact_recall", "semantic_similarity", "rouge_l", "chrf", "bleu", "string_similarity",
-    "ctx_recall_id", "ctx_precision_id", "ctx_recall_text", "ctx_precision_text",
-    "faithfulness", "answer_relevancy", "llm_context_precision", "lk_accuracy", "lk_relevancy", "lk_conciseness",
-)  # fmt: skip
-LOWER_IS_BETTER = (*LATENCY_COLUMNS, *STAGE_COLUMNS, "wer")
-PAIR_KEY = ("conversation_id", "turn_index", "repetition", "mode", "voice")
-ITEM_KEY = ("conversation_id", "turn_index", "mode", "voice")
+"""The latencies compare gives percentiles for (the end-to-end ones; stage times are in the plots)."""
 PERCENTILES = (50, 90, 95)
 
 
@@ -73,9 +76,15 @@ class Objective:
             budget_s=float(budget) if budget else None,
         )
 
+    @property
+    def lower_is_better(self) -> bool:
+        """The quality metric's declared direction: a lower-is-better one (an error rate) ranks lowest first."""
+        return direction(self.quality) == "lower"
+
     def describe(self) -> str:
         within = f" with p{self.percentile:g} {self.latency} <= {self.budget_s:g} s" if self.budget_s else ""
-        return f"highest mean {self.quality}{within}; ties by lower p{self.percentile:g} {self.latency}"
+        best = "lowest" if self.lower_is_better else "highest"
+        return f"{best} mean {self.quality}{within}; ties by lower p{self.percentile:g} {self.latency}"
 
 
 @dataclass
@@ -136,19 +145,6 @@ def bootstrap_mean_ci(
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
-def wilcoxon_p(diffs: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p-value of paired differences (1.0 when every difference is zero)."""
-    from scipy.stats import wilcoxon
-
-    d = np.asarray(diffs, dtype=float)
-    d = d[~np.isnan(d)]
-    if len(d) == 0:
-        return math.nan
-    if np.all(d == 0):
-        return 1.0
-    return float(wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
-
-
 def holm(pvalues: list[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (NaN stays NaN)."""
     p = np.asarray(pvalues, dtype=float)
@@ -183,10 +179,8 @@ def passed(df: pd.DataFrame, threshold: float = 1.0) -> pd.Series:
 
     A turn without must-mention facts passes when it has no error (there is nothing to miss).
     """
-    err = df["error_kind"].astype("object") if "error_kind" in df else pd.Series(None, index=df.index, dtype=object)
-    no_error = err.map(lambda v: v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) or v == "")
     recall = df["fact_recall"].astype(float)
-    return (no_error & (recall.isna() | (recall >= threshold - 1e-9))).astype(bool)
+    return (~is_error(df) & (recall.isna() | (recall >= threshold - 1e-9))).astype(bool)
 
 
 def _latency_metric(df: pd.DataFrame, wanted: str) -> str:
@@ -201,7 +195,7 @@ def _rng(seed: int, *key: Any) -> np.random.Generator:
 
 
 def _item_means(d: pd.DataFrame, col: str) -> np.ndarray:
-    return d.groupby(list(ITEM_KEY), dropna=False, observed=True)[col].mean().to_numpy(dtype=float)
+    return item_means(d, [col])[col].to_numpy(dtype=float)
 
 
 # -- the comparison --------------------------------------------------------------------------------
@@ -218,7 +212,10 @@ def compare(
     seed: int = 0,
     quality_columns: tuple[str, ...] | None = None,
 ) -> Comparison:
-    """Compare every strategy in ``df`` (a scored turn table) with ``baseline`` and rank them by ``objective``."""
+    """Compare every strategy in ``df`` (a scored turn table) with ``baseline`` and rank them by ``objective``.
+
+    ``quality_columns``: the metrics to compare (default: every registered scorer's numeric column in ``df``).
+    """
     if isinstance(objective, str):
         objective = Objective.parse(objective)
     elif isinstance(objective, dict):
@@ -234,13 +231,10 @@ def compare(
     if baseline is not None and baseline not in strategies:
         notes.append(f"baseline {baseline!r} is not in this run ({', '.join(strategies)}): no paired comparison")
         baseline = None
-    qcols = [c for c in (quality_columns or QUALITY_COLUMNS) if c in df.columns and df[c].notna().any()]
-    if objective.quality not in qcols:
-        if objective.quality not in df.columns:
-            raise KeyError(
-                f"objective quality column {objective.quality!r} is not in the run; have: {', '.join(qcols)}"
-            )
-        qcols.append(objective.quality)
+    qcols = [c for c in (quality_columns or score_columns(df)) if c in df.columns and df[c].notna().any()]
+    if objective.quality not in df.columns:
+        raise KeyError(f"objective quality column {objective.quality!r} is not in the run; have: {', '.join(qcols)}")
+    qcols = [objective.quality, *(c for c in qcols if c != objective.quality)]  # the ranked metric first
     lat_cols = [c for c in LATENCY_COLUMNS if c in df.columns and df[c].notna().any()]
 
     # latency percentiles per strategy and mode
@@ -283,28 +277,32 @@ def compare(
                 continue
             other = df[df["strategy"] == s]
             for c in [*qcols, *lat_cols]:
-                m = other[[*PAIR_KEY, c]].merge(base[[*PAIR_KEY, c]], on=list(PAIR_KEY), suffixes=("", "_base"))
-                m = m.dropna(subset=[c, f"{c}_base"])
+                m = pair_turns(other, base, c)
                 if m.empty:
                     continue
-                m["diff"] = m[c].astype(float) - m[f"{c}_base"].astype(float)
-                per_item = m.groupby(list(ITEM_KEY), observed=True)["diff"].mean().to_numpy(dtype=float)
+                per_item = item_means(m, ["diff"])["diff"].to_numpy(dtype=float)
                 lo, hi = bootstrap_mean_ci(per_item, n_boot=n_boot, rng=_rng(seed, "paired", c))
-                p_rows.append({
-                    "strategy": s, "baseline": baseline, "metric": c,
-                    "direction": "lower" if c in LOWER_IS_BETTER else "higher",
-                    "pairs": len(m), "items": len(per_item),
-                    "baseline_mean": float(m[f"{c}_base"].mean()), "strategy_mean": float(m[c].mean()),
-                    "mean_diff": float(m["diff"].mean()), "ci_low": lo, "ci_high": hi,
-                    "p_value": wilcoxon_p(per_item),
-                })  # fmt: skip
+                p_rows.append(
+                    {
+                        "strategy": s,
+                        "baseline": baseline,
+                        "metric": c,
+                        "direction": direction(c),
+                        "pairs": len(m),
+                        "items": len(per_item),
+                        "baseline_mean": float(m["b"].mean()),
+                        "strategy_mean": float(m["a"].mean()),
+                        "mean_diff": float(m["diff"].mean()),
+                        "ci_low": lo,
+                        "ci_high": hi,
+                        "p_value": wilcoxon(per_item).p,
+                    }
+                )
     paired = pd.DataFrame(p_rows)
     if not paired.empty:
         paired["p_holm"] = paired.groupby("metric", observed=True)["p_value"].transform(lambda p: holm(list(p)))
-        sig = paired["p_holm"] < alpha
-        improves = np.where(paired["direction"] == "lower", paired["mean_diff"] < 0, paired["mean_diff"] > 0)
-        paired["significant"] = sig
-        paired["verdict"] = np.where(~sig, "no significant difference", np.where(improves, "better", "worse"))
+        paired["significant"] = paired["p_holm"] < alpha
+        paired["verdict"] = _verdicts(paired)
 
     # pass rate and its spread over repetitions
     df = df.assign(_pass=passed(df, pass_threshold))
@@ -319,8 +317,7 @@ def compare(
             "rep_mean": float(per_rep.mean()), "rep_std": float(per_rep.std(ddof=1)) if len(per_rep) > 1 else 0.0,
             "rep_min": float(per_rep.min()), "rep_max": float(per_rep.max()),
             "pass_all_reps": float(per_item.all().mean()), "pass_any_rep": float(per_item.any().mean()),
-            "error_rate": float((~g["error_kind"].astype("object").map(
-                lambda v: v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) or v == "")).mean()),
+            "error_rate": float(is_error(g).mean()),
         })  # fmt: skip
     pass_rate = pd.DataFrame(pr_rows)
 
@@ -332,6 +329,18 @@ def compare(
     params = {"pass_threshold": pass_threshold, "alpha": alpha, "n_boot": n_boot, "seed": seed,
               "test": "Wilcoxon signed-rank on per-item mean differences, Holm-adjusted per metric"}  # fmt: skip
     return Comparison(baseline, objective, latency, quality, paired, pass_rate, leaderboard, notes, params)
+
+
+def _verdicts(paired: pd.DataFrame) -> np.ndarray:
+    """Better or worse by each metric's declared direction; a metric without one only says higher or lower."""
+    diff = paired["mean_diff"]
+    lower = paired["direction"] == "lower"
+    better = (lower & (diff < 0)) | (~lower & (diff > 0))
+    return np.select(
+        [~paired["significant"], paired["direction"].isna(), better],
+        ["no significant difference", np.where(diff > 0, "higher", "lower"), "better"],
+        "worse",
+    )
 
 
 def _leaderboard(
@@ -373,9 +382,11 @@ def _leaderboard(
             row["p_holm"] = float(hit["p_holm"].iloc[0]) if len(hit) else math.nan
         rows.append(row)
     board = pd.DataFrame(rows)
-    board["pareto"] = pareto_front(board["latency"].to_numpy(float), board["quality"].to_numpy(float))
+    lower = objective.lower_is_better
+    quality = board["quality"].to_numpy(float)
+    board["pareto"] = pareto_front(board["latency"].to_numpy(float), -quality if lower else quality)
     board = board.sort_values(
-        ["within_budget", "quality", "latency"], ascending=[False, False, True], kind="stable", na_position="last"
+        ["within_budget", "quality", "latency"], ascending=[False, lower, True], kind="stable", na_position="last"
     ).reset_index(drop=True)
     board.insert(0, "rank", np.arange(1, len(board) + 1))
     return board

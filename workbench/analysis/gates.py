@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from workbench.analysis.stats import ERROR_RATE, is_error, item_means, pair_turns, wilcoxon
+
 if TYPE_CHECKING:
     import pandas as pd
 
 Stat = Literal["mean", "median", "p50", "p90", "p95", "p99", "min", "max", "rate"]
 Status = Literal["pass", "fail", "error", "skipped"]
 QUANTILES = {"median": 0.5, "p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
-ERROR_RATE = "error_rate"
 RUN = "run"  # ``against: run``: the same strategy in the baseline run
 SUITE_BASELINE = "baseline"  # ``against: baseline``: the suite's ``baseline`` strategy in the same run
 
@@ -55,7 +56,8 @@ class Gate(BaseModel):
     ``metric`` is a turn-table column (scores included) or ``error_rate`` (share of turns with an
     ``error_kind``, recovered ones included: the caller heard an apology or a fallback). ``stat: rate``
     is the share of rows where the column is set (not empty, not false, not zero).
-    Tolerances are in the metric's units, or a percentage of the reference's mean (``"20%"``).
+    Tolerances are in the metric's units, or a percentage of the reference's mean (``"20%"``). A regression
+    gate must go the way the metric's declared direction says: ``max_drop`` for a higher-is-better one.
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -64,8 +66,8 @@ class Gate(BaseModel):
     stat: Stat = "mean"
     max_: float | None = Field(None, alias="max")
     min_: float | None = Field(None, alias="min")
-    max_drop: float | str | None = None  # regression: the metric is better higher (fact_recall)
-    max_rise: float | str | None = None  # regression: the metric is better lower (latency, wer, error_rate)
+    max_drop: float | str | None = None  # regression of a higher-is-better metric (fact_recall)
+    max_rise: float | str | None = None  # regression of a lower-is-better metric (latency, wer, error_rate)
     against: str = RUN  # "run", "baseline" (the suite's baseline strategy) or a strategy name
     alpha: float = Field(0.05, gt=0, lt=1)
     mode: Literal["text", "voice"] | None = None  # only rows of this mode
@@ -99,7 +101,19 @@ class Gate(BaseModel):
             raise ValueError("stat: does not apply to a regression gate (it tests paired per-turn differences)")
         if not self.is_regression and "against" in self.model_fields_set:
             raise ValueError("against: applies to regression gates (max_drop: / max_rise:) only")
+        if self.is_regression:
+            self._check_direction()
         return self
+
+    def _check_direction(self) -> None:
+        """A rise of a higher-is-better metric is an improvement: gating on it would fail every better strategy."""
+        from workbench.analysis.stats import direction
+
+        better = direction(self.metric)
+        wrong = "max_rise" if better == "higher" else "max_drop" if better == "lower" else None
+        if wrong is not None and getattr(self, wrong) is not None:
+            right, worse = ("max_drop", "drop") if better == "higher" else ("max_rise", "rise")
+            raise ValueError(f"{better} is better for {self.metric}, so a regression is a {worse}: use {right}:")
 
     # -- derived ----------------------------------------------------------------------------
     @property
@@ -229,34 +243,6 @@ def _no_evidence(base: dict[str, Any], gate: Gate, why: str) -> GateResult:
 
 
 # -- row selection and statistics ---------------------------------------------------------------------
-def is_set(values: pd.Series) -> pd.Series:
-    """True where a cell holds something: not null/NaN, not '', not 'None', not False, not 0."""
-    import pandas as pd
-
-    def one(v: Any) -> bool:
-        if v is None or v is pd.NA:
-            return False
-        if isinstance(v, float) and math.isnan(v):
-            return False
-        if isinstance(v, str):
-            return v.strip() not in ("", "None", "nan")
-        try:
-            return bool(v)
-        except (TypeError, ValueError):  # arrays: set when non-empty
-            return len(v) > 0
-
-    return values.astype("object").map(one).astype(bool)
-
-
-def _is_error(df: pd.DataFrame) -> pd.Series:
-    """Rows with an ``error_kind`` (the turn failed, even if a fallback or an apology covered it)."""
-    import pandas as pd
-
-    if "error_kind" not in df.columns:
-        return pd.Series(False, index=df.index)
-    return is_set(df["error_kind"])
-
-
 def statistic(values: Any, stat: str) -> float:
     """``stat`` of ``values`` (quantiles interpolate linearly, as numpy and pandas do by default)."""
     import numpy as np
@@ -290,8 +276,10 @@ def metric_values(rows: pd.DataFrame, gate: Gate, scope: str = "") -> tuple[pd.S
     """The gate's numbers on ``rows`` (index kept), or None and why there are none."""
     import pandas as pd
 
+    from workbench.core.cells import is_set
+
     if gate.metric == ERROR_RATE:
-        return _is_error(rows).astype(float), None
+        return is_error(rows).astype(float), None
     if gate.metric not in rows.columns:
         return None, f"column {gate.metric!r} is not in the run (not scored yet, or its scorer needs a judge?)"
     if gate.stat == "rate" and not gate.is_regression:
@@ -325,57 +313,29 @@ def check_gate(df: pd.DataFrame, strategy: str, gate: Gate, index: int = -1) -> 
 
 
 # -- regressions ---------------------------------------------------------------------------------------
-def _normalise_keys(df: pd.DataFrame) -> pd.DataFrame:
-    out = df.copy()
-    for c in ("voice", "mode"):
-        if c in out.columns:
-            out[c] = out[c].astype("object").where(out[c].notna(), "")
-    return out
-
-
 def paired_worsening(
     current: pd.DataFrame, reference: pd.DataFrame, gate: Gate
 ) -> tuple[pd.DataFrame | None, str | None]:
     """Per paired turn: the strategy's value, the reference's, and the worsening (drop or rise).
 
-    Pairs are matched on (conversation, turn, repetition, mode, voice); turns missing on either side,
-    or without a value on either side, are left out.
+    Pairs are matched as :func:`workbench.analysis.stats.pair_turns` does; the columns are ``value``,
+    ``value_ref`` and ``worsening``.
     """
-    from workbench.analysis.compare import PAIR_KEY
-
     cur_vals, why = metric_values(current, gate, "the strategy")
     if cur_vals is None:
         return None, str(why)
     ref_vals, why = metric_values(reference, gate, "the reference")
     if ref_vals is None:
         return None, f"reference: {why}"
-    keys = list(PAIR_KEY)
-    cur = _normalise_keys(current.loc[cur_vals.index, keys]).assign(value=cur_vals.to_numpy())
-    ref = _normalise_keys(reference.loc[ref_vals.index, keys]).assign(value=ref_vals.to_numpy())
-    m = cur.merge(ref, on=keys, suffixes=("", "_ref"))
+    col = gate.metric
+    m = pair_turns(current.assign(**{col: cur_vals}), reference.assign(**{col: ref_vals}), col)
     if m.empty:
-        return None, "no turn of the strategy has a matching turn (conversation, turn, repetition, mode, voice) " \
-                     "in the reference"  # fmt: skip
+        return None, (
+            "no turn of the strategy has a matching turn (conversation, turn, repetition, mode, voice) in the reference"
+        )
     sign = -1.0 if gate.max_drop is not None else 1.0  # worsening: a drop for max_drop, a rise for max_rise
-    m["worsening"] = sign * (m["value"] - m["value_ref"])
-    return m, None
-
-
-def one_sided_wilcoxon(excess: Any) -> tuple[float, int]:
-    """p-value of H1 "the excess worsening is > 0" (Wilcoxon signed-rank), and the non-zero items used.
-
-    Items with zero excess carry no direction and are dropped (``zero_method="wilcox"``); none left: p = 1.
-    """
-    import numpy as np
-    from scipy.stats import wilcoxon
-
-    d = np.asarray(excess, dtype=float)
-    d = d[~np.isnan(d)]
-    nonzero = int(np.count_nonzero(np.abs(d) > 1e-12))
-    if nonzero == 0:
-        return 1.0, 0
-    d = np.where(np.abs(d) > 1e-12, d, 0.0)
-    return float(wilcoxon(d, zero_method="wilcox", alternative="greater").pvalue), nonzero
+    m = m.rename(columns={"a": "value", "b": "value_ref"})
+    return m.assign(worsening=sign * m["diff"]), None
 
 
 def min_attainable_p(n_items: int) -> float:
@@ -396,8 +356,6 @@ def check_regression(
     """A regression gate on one strategy: paired worsening vs the reference, one-sided test with a tolerance."""
     import numpy as np
 
-    from workbench.analysis.compare import ITEM_KEY
-
     ref_strategy = reference_strategy or strategy
     base: dict[str, Any] = {"name": gate.label, "strategy": strategy, "bound": gate.bound, "op": "<=",
                             "kind": "regression", "metric": gate.metric, "gate_index": index,
@@ -414,12 +372,12 @@ def check_regression(
     pairs, why = paired_worsening(cur_rows, ref_rows, gate)
     if pairs is None:
         return _no_evidence(base, gate, str(why))
-    per_item = pairs.groupby(list(ITEM_KEY), observed=True)[["worsening", "value", "value_ref"]].mean()
+    per_item = item_means(pairs, ["worsening", "value", "value_ref"])
     ref_mean = float(per_item["value_ref"].mean())
     tol = gate.tolerance_for(ref_mean)
     worse = float(per_item["worsening"].mean())
     n_items = len(per_item)
-    p, used = one_sided_wilcoxon(per_item["worsening"].to_numpy(dtype=float) - tol)
+    p, used = wilcoxon(per_item["worsening"].to_numpy(dtype=float) - tol, "greater")
     stats = {"bound": tol, "n": n_items, "reference_value": ref_mean, "strategy_value": float(per_item["value"].mean()),
              "p_value": p, "extra": {"pairs": len(pairs), "nonzero_items": used}}  # fmt: skip
     base.update(stats)
@@ -535,8 +493,6 @@ __all__ = [
     "check_regression",
     "evaluate_gates",
     "expand",
-    "is_set",
-    "one_sided_wilcoxon",
     "paired_worsening",
     "parse_gates",
     "select_rows",

@@ -17,17 +17,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from workbench.analysis.stats import label
+
 if TYPE_CHECKING:
     from workbench.analysis.compare import Comparison
 
-LATENCY_LABELS = {
-    "llm_ttfc_s": "LLM first chunk",
-    "llm_total_s": "LLM whole answer",
-    "v2v_s": "voice to voice",
-    "eou_delay_s": "end of turn",
-    "stt_s": "STT final",
-    "tts_ttfb_s": "TTS first audio",
-}
+STAGE_COLUMNS = ("eou_delay_s", "stt_s", "llm_ttfc_s", "llm_total_s", "tts_ttfb_s", "v2v_s")
+"""The timings :func:`stage_breakdown` takes medians of; every label comes from the metric catalogue."""
 STAGE_COLORS = {
     "eou_delay_s": "#8da0cb",
     "stt_s": "#bdbdbd",
@@ -74,7 +70,7 @@ def latency_ecdf(df: pd.DataFrame, columns: tuple[str, ...] = ("llm_ttfc_s", "ll
             ax.step(v, y, where="post", color=colors[str(s)], label=f"{s} (n={len(v)})")
         for q in (0.5, 0.9):
             ax.axhline(q, color="#999", lw=0.6, ls=":")
-        ax.set_title(LATENCY_LABELS.get(c, c))
+        ax.set_title(label(c))
         ax.set_xlabel("seconds")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.25)
@@ -102,7 +98,7 @@ def stage_breakdown(df: pd.DataFrame) -> Figure:
     source = voice if has_voice else df
     for i, s in enumerate(strategies):
         g = source[source["strategy"] == s]
-        med = {c: float(g[c].median()) if c in g and g[c].notna().any() else 0.0 for c in LATENCY_LABELS}
+        med = {c: float(g[c].median()) if c in g and g[c].notna().any() else 0.0 for c in STAGE_COLUMNS}
         if has_voice:
             segments = [("eou_delay_s", med["eou_delay_s"]), ("llm_ttfc_s", med["llm_ttfc_s"]),
                         ("tts_ttfb_s", med["tts_ttfb_s"])]  # fmt: skip
@@ -139,9 +135,7 @@ def stage_breakdown(df: pd.DataFrame) -> Figure:
 
 
 def _stage_label(name: str) -> str:
-    return {"llm_rest": "LLM rest of answer", "other": "other (playout, scheduling)"}.get(
-        name, LATENCY_LABELS.get(name, name)
-    )
+    return {"llm_rest": "LLM rest of answer", "other": "other (playout, scheduling)"}.get(name) or label(name)
 
 
 def quality_latency(comparison: Comparison) -> Figure:
@@ -167,9 +161,9 @@ def quality_latency(comparison: Comparison) -> Figure:
     if obj.budget_s is not None:
         ax.axvline(obj.budget_s, color="#d62728", lw=1, ls=":", label=f"budget {obj.budget_s:g} s")
     lat = pts["latency_metric"].iloc[0]
-    ax.set_xlabel(f"p{obj.percentile:g} {LATENCY_LABELS.get(lat, lat)} (s)")
-    ax.set_ylabel(f"mean {obj.quality} (95% CI)")
-    ax.set_title("Quality vs latency (up and left is better)")
+    ax.set_xlabel(f"p{obj.percentile:g} {label(lat)} (s)")
+    ax.set_ylabel(f"mean {label(obj.quality)} (95% CI)")
+    ax.set_title(f"Quality vs latency ({'down' if obj.lower_is_better else 'up'} and left is better)")
     ax.grid(alpha=0.25)
     ax.legend(fontsize=8, loc="best")
     return fig
@@ -240,15 +234,15 @@ def waterfall(
             end = t0 + num(r["speech_end_s"])
             bar(y, t0, num(r["speech_end_s"]), "speech", "user speech")
             eou = num(r.get("eou_delay_s"))
-            bar(y, end, eou, "eou_delay_s", LATENCY_LABELS["eou_delay_s"])
+            bar(y, end, eou, "eou_delay_s", label("eou_delay_s"))
             stt = num(r.get("stt_s"))
             if not math.isnan(stt):
-                bar(y, end, stt, "stt_s", LATENCY_LABELS["stt_s"], height=0.18)
+                bar(y, end, stt, "stt_s", label("stt_s"), height=0.18)
             llm0 = end + (eou if not math.isnan(eou) else 0.0)
             ttfc = num(r.get("llm_ttfc_s"))
-            bar(y, llm0, ttfc, "llm_ttfc_s", LATENCY_LABELS["llm_ttfc_s"])
+            bar(y, llm0, ttfc, "llm_ttfc_s", label("llm_ttfc_s"))
             tts0 = llm0 + (ttfc if not math.isnan(ttfc) else 0.0)
-            bar(y, tts0, num(r.get("tts_ttfb_s")), "tts_ttfb_s", LATENCY_LABELS["tts_ttfb_s"])
+            bar(y, tts0, num(r.get("tts_ttfb_s")), "tts_ttfb_s", label("tts_ttfb_s"))
             v2v = num(r.get("v2v_s"))
             if not math.isnan(v2v):
                 bar(y, end + v2v, num(r.get("agent_audio_s")), "agent_audio", "agent speaking")
@@ -258,7 +252,7 @@ def waterfall(
             cursor = end + (0.0 if math.isnan(v2v) else v2v) + (0.0 if math.isnan(audio) else audio)
         else:
             ttfc, total = num(r.get("llm_ttfc_s")), num(r.get("llm_total_s"))
-            bar(y, t0, ttfc, "llm_ttfc_s", LATENCY_LABELS["llm_ttfc_s"])
+            bar(y, t0, ttfc, "llm_ttfc_s", label("llm_ttfc_s"))
             if not math.isnan(total):
                 bar(y, t0 + (ttfc if not math.isnan(ttfc) else 0.0), total - (ttfc if not math.isnan(ttfc) else 0.0),
                     "llm_rest", "LLM rest of answer")  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,17 +20,17 @@ import numpy as np
 import pandas as pd
 
 from workbench.analysis import plots
-from workbench.analysis.compare import Comparison, Objective, compare, ensure_fact_recall, passed
+from workbench.analysis.compare import LATENCY_COLUMNS, Comparison, Objective, compare, ensure_fact_recall, passed
+from workbench.analysis.stats import score_columns
+from workbench.core.cells import as_list, as_text
 from workbench.replay.store import RUNS_DIR
-from workbench.scoring.base import as_list, as_text
+from workbench.scoring.judge import judged_columns
 from workbench.scoring.persist import ScoredRun, load_scored
 from workbench.versions import stack_differences
 
 AUDIO_MIME = {".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".opus": "audio/ogg",
               ".flac": "audio/flac", ".m4a": "audio/mp4"}  # fmt: skip
 PLOT_IDS = ("plot-quality-latency", "plot-latency-ecdf", "plot-stage-breakdown", "plot-waterfall")
-JUDGE_COLUMNS = ("faithfulness", "answer_relevancy", "llm_context_precision", "lk_accuracy", "lk_relevancy",
-                 "lk_conciseness")  # fmt: skip
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#222;
@@ -135,7 +135,7 @@ def _latency_view(lat: pd.DataFrame) -> pd.DataFrame:
     if lat.empty:
         return lat
     out = lat[["strategy", "mode", "turns"]].copy()
-    for c in ("llm_ttfc_s", "llm_total_s", "v2v_s"):
+    for c in LATENCY_COLUMNS:
         if f"{c}_p50" not in lat:
             continue
         out[f"{c} p50 / p90 / p95"] = [
@@ -176,7 +176,8 @@ def worst_turns(df: pd.DataFrame, n: int = 8, pass_threshold: float = 1.0) -> pd
     return d.drop_duplicates(["strategy", "mode", "voice", "conversation_id", "turn_index"]).head(n)
 
 
-def _turn_card(r: pd.Series, dataset: Path | None, max_audio: int) -> str:
+def _turn_card(r: pd.Series, shown: Sequence[str], dataset: Path | None, max_audio: int) -> str:
+    """One turn as a card; ``shown``: the score and latency columns to list."""
     items: list[tuple[str, str]] = [
         ("user said", _esc(r.get("user_text"))),
     ]
@@ -204,7 +205,7 @@ def _turn_card(r: pd.Series, dataset: Path | None, max_audio: int) -> str:
     if srcs:
         items.append(("retrieved", html.escape(", ".join(srcs))))
     nums = []
-    for c in ("fact_recall", "semantic_similarity", "rouge_l", "llm_ttfc_s", "llm_total_s", "v2v_s", "wer"):
+    for c in shown:
         v = r.get(c)
         if v is not None and not (isinstance(v, float) and math.isnan(v)) and v is not pd.NA:
             nums.append(f"{c} {float(v):.3f}")
@@ -221,7 +222,8 @@ def _turn_card(r: pd.Series, dataset: Path | None, max_audio: int) -> str:
 def _scoring_section(scored: ScoredRun) -> str:
     meta = scored.scoring
     parts = ["<h2>Scoring</h2>"]
-    present_judge = [c for c in JUDGE_COLUMNS if c in scored.df.columns and scored.df[c].notna().any()]
+    judged = judged_columns()
+    present_judge = [c for c in judged if c in scored.df.columns and scored.df[c].notna().any()]
     if not meta:
         parts.append(
             '<p class="note">This run has not been scored (<code>workbench score RUN</code>): fact recall was '
@@ -246,7 +248,7 @@ def _scoring_section(scored: ScoredRun) -> str:
         reasons = {s["name"]: s.get("reason") for s in meta.get("scorers", []) if s["name"] in judge_scorers}
         why = "; ".join(f"{k}: {v}" for k, v in reasons.items() if v) or "the judge scorers were not run"
         parts.append(
-            f'<p class="note" id="judge-absent">LLM-judge columns ({", ".join(JUDGE_COLUMNS)}) are absent: '
+            f'<p class="note" id="judge-absent">LLM-judge columns ({", ".join(judged)}) are absent: '
             f"{html.escape(why)}.</p>"
         )
     return "".join(parts)
@@ -392,7 +394,8 @@ def render_report(
     ))  # fmt: skip
     section(f"Paired differences vs {c.baseline}", "paired", lambda: (
         f"<p>{_esc(c.params['test'])}; significance at α = {c.params['alpha']:g}. diff = strategy − baseline; "
-        "for latency lower is better.</p>" + _table(_paired_view(c.paired), classes={"verdict": _verdict_class})
+        "better or worse as each metric declares (for latency lower is better).</p>"
+        + _table(_paired_view(c.paired), classes={"verdict": _verdict_class})
     ))  # fmt: skip
     section("Pass rate", "pass-rate", lambda: (
         "<p>rep_*: spread of the pass rate over repetitions; pass_all_reps: share of turns that passed in every "
@@ -406,7 +409,8 @@ def render_report(
     if other is not None:
         sections.append(_vs_section(scored, other, c.objective, pass_threshold, seed))
     worst_df = worst_turns(df, worst, pass_threshold)
-    cards = "".join(_turn_card(r, scored.dataset, max_audio_bytes) for _, r in worst_df.iterrows())
+    shown = [*score_columns(worst_df), *LATENCY_COLUMNS]
+    cards = "".join(_turn_card(r, shown, scored.dataset, max_audio_bytes) for _, r in worst_df.iterrows())
     sections.append(f"<h2 id='worst-turns'>Worst {len(worst_df)} turns</h2>{cards}")
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     sections.append(f"<p class='meta'>Generated {generated} by <code>workbench report</code>.</p>")

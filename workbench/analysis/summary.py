@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import pandas as pd
 
+from workbench.analysis.stats import is_error, score_columns
+
 
 def run_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per strategy x mode: turns, median and p90 time to first chunk and voice-to-voice, error rate, answer words."""
+    """Per strategy x mode: turns, median and p90 time to first chunk and voice-to-voice, error rate, answer words.
+
+    Then the mean of every score the rows hold (a run is scored after it is summarised, so usually only ``wer``).
+    """
     if df.empty:
         return pd.DataFrame()
+    scores = score_columns(df)
     d = df.assign(
         answer_words=df["answer"].fillna("").astype(str).str.split().str.len(),
-        is_error=df["error_kind"].notna() & (df["error_kind"].astype(str) != ""),
+        is_error=is_error(df),
+        **{c: pd.to_numeric(df[c], errors="coerce") for c in scores},
     )
     g = d.groupby(["strategy", "mode"], sort=False)
     out = pd.DataFrame(
@@ -25,7 +32,6 @@ def run_summary(df: pd.DataFrame) -> pd.DataFrame:
             "answer_words": g["answer_words"].mean(),
         }
     )
-    for col in ("fact_recall", "semantic_similarity", "wer"):  # quality, once the run is scored
-        if col in d.columns and d[col].notna().any():
-            out[col] = g[col].mean()
+    for col in scores:
+        out[col] = g[col].mean()
     return out.round(3).reset_index()

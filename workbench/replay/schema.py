@@ -4,9 +4,14 @@ This is the contract between the replay harness (which writes rows), scoring (wh
 columns) and analysis (which reads them). Times are seconds (float); a figure that was not
 measured is ``NaN``/``None``, never 0. Voice-only columns are empty in text mode; latency
 columns are empty on rows replayed faster than real time (``realtime`` is False).
+
+The measured columns' metrics (label, unit, which way is better) are declared at the end of this
+module into the catalogue of :mod:`workbench.core.metrics`, where analysis and gates read them.
 """
 
 from __future__ import annotations
+
+from workbench.core.metrics import Direction, Metric, declare
 
 # name -> (pandas dtype, meaning)
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -58,3 +63,29 @@ COLUMNS: dict[str, tuple[str, str]] = {
 
 KEY = ("strategy", "mode", "voice", "conversation_id", "turn_index", "repetition")
 """The columns that identify a row: resume skips rows whose key is already stored."""
+
+
+def _measured(name: str, label: str, unit: str, direction: Direction | None) -> Metric:
+    """A measured column's metric; its meaning is the column's own description above."""
+    return Metric(name, label, unit, direction, COLUMNS[name][1])
+
+
+MEASURED: tuple[Metric, ...] = (
+    _measured("llm_ttfc_s", "LLM first chunk", "s", "lower"),
+    _measured("llm_total_s", "LLM whole answer", "s", "lower"),
+    _measured("prompt_tokens", "prompt tokens", "tokens", "lower"),
+    _measured("completion_tokens", "completion tokens", "tokens", "lower"),
+    _measured("recovery_s", "recovery after a fault", "s", "lower"),
+    _measured("history_dropped", "history items dropped", "items", "lower"),
+    _measured("speech_end_s", "end of user speech", "s", None),  # a property of the recording
+    _measured("eou_delay_s", "end of turn", "s", "lower"),
+    _measured("wer", "word error rate", "", "lower"),
+    _measured("stt_s", "STT final", "s", "lower"),
+    _measured("tts_ttfb_s", "TTS first audio", "s", "lower"),
+    _measured("v2v_s", "voice to voice", "s", "lower"),
+    _measured("agent_audio_s", "agent speech", "s", None),  # a long answer is not worse in itself
+    _measured("interruptions", "interruptions", "", "lower"),
+)
+"""Every numeric column the harness measures (identity columns such as ``turn_index`` are not metrics)."""
+
+declare(*MEASURED)

@@ -2,9 +2,11 @@
 
 ``score_run(df, names=None, judge=None)`` runs them; ``workbench score RUN`` stores the result
 next to the run. See :mod:`workbench.scoring.base` for the registry and :mod:`.offline` /
-:mod:`.judge` for the scorers.
+:mod:`.judge` for the scorers. A scorer of your own declares each column as a :class:`Metric`
+(label, unit, which way is better), and compare, the report and gates use it like a built-in one.
 """
 
+from workbench.core.metrics import Metric
 from workbench.scoring.base import (
     SCORERS,
     ScoreContext,
@@ -20,6 +22,7 @@ from workbench.scoring.wer import normalize_text, wer
 
 __all__ = [
     "SCORERS",
+    "Metric",
     "ScoreContext",
     "ScoreReport",
     "Scorer",

@@ -1,7 +1,9 @@
 """The scorer registry: ``@scorer("name")`` classes that turn the turn table into new columns.
 
 Like Inspect AI's scorers, each scorer is registered by name and has one obvious method,
-``score(df, ctx) -> DataFrame`` (same index, its declared columns). :func:`score_run` runs the
+``score(df, ctx) -> DataFrame`` (same index, its declared columns), and declares each column's
+:class:`~workbench.core.metrics.Metric` (which way is better), so analysis compares it like a
+built-in one. :func:`score_run` runs the
 chosen ones and records, per scorer, whether it ran and, when it did not, *why* (no judge
 configured, no dataset to read reference documents from, an exception): a missing column always
 has a recorded reason, and a present one is never a placeholder.
@@ -10,6 +12,7 @@ has a recorded reason, and a present one is never a placeholder.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import threading
 import time
@@ -19,8 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import numpy as np
 import pandas as pd
+
+from workbench.core.cells import as_list as as_list  # re-exported: scorers import the cell helpers from here
+from workbench.core.cells import as_text as as_text
+from workbench.core.metrics import Metric, declare
 
 if TYPE_CHECKING:
     from workbench.models import ModelStack
@@ -82,10 +88,14 @@ class ScoreContext:
 
 
 class Scorer(ABC):
-    """One family of per-turn scores. Subclasses set ``columns`` and implement :meth:`score`."""
+    """One family of per-turn scores. Subclasses declare ``metrics`` and implement :meth:`score`."""
 
     name: ClassVar[str] = ""
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+    """The columns this scorer adds, with label and which way is better; declared in the catalogue on registration."""
     columns: ClassVar[tuple[str, ...]] = ()
+    """Derived from ``metrics`` on registration. A class may list it instead, to add a column whose metric is
+    declared elsewhere (``wer`` is the turn table's) or, written before metrics existed, none at all."""
     needs_judge: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
@@ -107,22 +117,45 @@ class Scorer(ABC):
 SCORERS: dict[str, type[Scorer]] = {}
 
 
+def _columns(cls: type[Scorer]) -> tuple[str, ...]:
+    """The scorer's columns: its metrics' names, unless the class lists columns itself (then they must cover them)."""
+    named = tuple(m.name for m in cls.metrics)
+    if named and "columns" not in vars(cls):
+        return named
+    stray = [n for n in named if n not in cls.columns]
+    if stray:
+        raise ValueError(f"scorer {cls.__qualname__}: metrics {stray} are not among its columns {cls.columns}")
+    return cls.columns
+
+
 def scorer(name: str) -> Callable[[type[Scorer]], type[Scorer]]:
-    """Register a :class:`Scorer` subclass under ``name`` (the name used by ``workbench score --scorers``)."""
+    """Register a :class:`Scorer` subclass under ``name`` (the name used by ``workbench score --scorers``).
+
+    A class redefined in place (same module and qualified name: a re-run notebook cell, a reloaded module)
+    replaces its earlier version and re-declares its metrics; another class claiming a taken name is an error.
+    """
 
     def deco(cls: type[Scorer]) -> type[Scorer]:
-        if name in SCORERS and SCORERS[name] is not cls:
-            raise ValueError(f"scorer {name!r} is already registered by {SCORERS[name].__qualname__}")
+        old = SCORERS.get(name)
+        if old is not None and old is not cls and _origin(old) != _origin(cls):
+            raise ValueError(f"scorer {name!r} is already registered by {old.__qualname__}")
+        cls.columns = _columns(cls)
         cls.name = name
+        declare(*cls.metrics)
         SCORERS[name] = cls
         return cls
 
     return deco
 
 
+def _origin(cls: type) -> tuple[str, str]:
+    return cls.__module__, cls.__qualname__
+
+
 def _load_builtins() -> None:
-    import workbench.scoring.judge
-    import workbench.scoring.offline  # noqa: F401  (offline scorers first: they always run)
+    """Importing a scorer module registers its scorers: the offline ones first, as they always run."""
+    for module in ("offline", "judge"):
+        importlib.import_module(f"workbench.scoring.{module}")
 
 
 def available_scorers() -> dict[str, type[Scorer]]:
@@ -265,28 +298,3 @@ def score_run(
             judge.close()
     out.attrs["scoring"] = report.to_dict()
     return out
-
-
-# -- small helpers shared by scorers ----------------------------------------------------------
-
-
-def as_list(v: Any) -> list[Any]:
-    """A list column's cell as a list (Parquet gives numpy arrays, JSON gives lists, missing gives None)."""
-    if v is None:
-        return []
-    if isinstance(v, float) and np.isnan(v):
-        return []
-    if isinstance(v, str):
-        return [v]
-    try:
-        return list(v)
-    except TypeError:
-        return [v]
-
-
-def as_text(v: Any) -> str:
-    if v is None or v is pd.NA:
-        return ""
-    if isinstance(v, float) and np.isnan(v):
-        return ""
-    return str(v)

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 import pandas as pd
 
-from workbench.scoring.base import ScoreContext, Scorer, as_list, as_text, run_sync, scorer
+from workbench.core.cells import as_list, as_text
+from workbench.core.metrics import METRICS, Metric
+from workbench.scoring.base import ScoreContext, Scorer, available_scorers, run_sync, scorer
 
 if TYPE_CHECKING:
     from workbench.models import ModelStack
@@ -254,7 +256,11 @@ class _JudgeFailures(logging.Handler):
 class RagasJudgeScorer(Scorer):
     """ragas' LLM metrics: faithfulness to the retrieved passages, answer relevancy, context precision."""
 
-    columns = ("faithfulness", "answer_relevancy", "llm_context_precision")
+    metrics = (  # in the order run() returns them
+        Metric("faithfulness", "faithfulness", "", "higher", "share of the answer's claims the passages support"),
+        Metric("answer_relevancy", "answer relevancy", "", "higher", "how well the answer addresses the question"),
+        Metric("llm_context_precision", "context precision (judge)", "", "higher", "useful passages ranked first"),
+    )
     needs_judge = True
     description = (
         "ragas Faithfulness (answer vs retrieved passages), AnswerRelevancy (judge questions + MiniLM), "
@@ -339,7 +345,11 @@ class RagasJudgeScorer(Scorer):
         return out
 
 
-LK_JUDGES = ("accuracy", "relevancy", "conciseness")
+LK_JUDGES = {
+    "accuracy": "the answer agrees with the passages and the reference",
+    "relevancy": "the answer addresses what the caller asked",
+    "conciseness": "short enough to be spoken",
+}
 _VERDICT_SCORE = {"pass": 1.0, "maybe": 0.5, "fail": 0.0}
 
 
@@ -385,7 +395,13 @@ def _chat_contexts(df: pd.DataFrame) -> list[tuple[Any, Any]]:
 class LiveKitJudgeScorer(Scorer):
     """LiveKit's built-in judges (``livekit.agents.evals``): accuracy, relevancy, conciseness (pass 1, maybe 0.5)."""
 
-    columns = (*(f"lk_{j}" for j in LK_JUDGES), "lk_judge_reasons")
+    metrics = (
+        *(
+            Metric(f"lk_{j}", f"LiveKit {j}", "", "higher", f"{why}: pass 1, maybe 0.5, fail 0")
+            for j, why in LK_JUDGES.items()
+        ),
+        Metric("lk_judge_reasons", "LiveKit judges' reasons", "", None, "JSON: each judge's verdict and reasoning"),
+    )
     needs_judge = True
     description = (
         "livekit.agents.evals.JudgeGroup with accuracy_judge (vs the retrieved passages and the reference answer), "
@@ -450,8 +466,17 @@ class LiveKitJudgeScorer(Scorer):
 
 
 def judged_columns() -> list[str]:
-    """Every column a judge adds (what the report lists as absent without a judge)."""
-    return list(RagasJudgeScorer.columns) + list(LiveKitJudgeScorer.columns)
+    """Every score a judge adds (what the report lists as absent without a judge), user judge scorers' included.
+
+    Columns declared without a direction (the judges' reasons) are not scores and are left out.
+    """
+    return [
+        c
+        for cls in available_scorers().values()
+        if cls.needs_judge
+        for c in cls.columns
+        if (m := METRICS.metric(c)) is None or m.direction is not None
+    ]
 
 
 __all__ = ["CachingTransport", "JudgeCache", "JudgeLLM", "judged_columns"]

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.scoring.base import ScoreContext, Scorer, as_list, as_text, run_sync, scorer
+from workbench.core.cells import as_list, as_text
+from workbench.core.metrics import Metric
+from workbench.scoring.base import ScoreContext, Scorer, run_sync, scorer
 from workbench.scoring.facts import fact_recall, missed_facts
 from workbench.scoring.wer import wer
 
@@ -42,7 +44,12 @@ def ragas_metrics() -> Any:
 class RagasTextScorer(Scorer):
     """Answer vs reference with ragas' string metrics: Levenshtein similarity, ROUGE-L F1, BLEU, chrF."""
 
-    columns = ("string_similarity", "rouge_l", "bleu", "chrf")
+    metrics = (
+        Metric("string_similarity", "string similarity", "", "higher", "normalised Levenshtein similarity, 0-1"),
+        Metric("rouge_l", "ROUGE-L", "", "higher", "longest common subsequence F1, 0-1"),
+        Metric("bleu", "BLEU", "", "higher", "n-gram precision with a brevity penalty, 0-1"),
+        Metric("chrf", "chrF", "", "higher", "character n-gram F-score, 0-1"),
+    )
     description = "ragas NonLLMStringSimilarity, RougeScore(rougeL), BleuScore, CHRFScore: answer vs reference"
 
     def score(self, df: pd.DataFrame, ctx: ScoreContext) -> pd.DataFrame:
@@ -76,7 +83,9 @@ class RagasTextScorer(Scorer):
 class SemanticScorer(Scorer):
     """Cosine similarity of MiniLM embeddings (answer vs reference): paraphrases score high."""
 
-    columns = ("semantic_similarity",)
+    metrics = (
+        Metric("semantic_similarity", "semantic similarity", "", "higher", "MiniLM cosine, answer vs reference"),
+    )
     description = "all-MiniLM-L6-v2 cosine similarity, answer vs reference"
 
     def score(self, df: pd.DataFrame, ctx: ScoreContext) -> pd.DataFrame:
@@ -100,7 +109,10 @@ class SemanticScorer(Scorer):
 class FactScorer(Scorer):
     """Must-mention fact recall with number, time, money and date normalisation (see scoring.facts)."""
 
-    columns = ("fact_recall", "facts_missed")
+    metrics = (
+        Metric("fact_recall", "fact recall", "", "higher", "share of the turn's must-mention facts the answer states"),
+        Metric("facts_missed", "facts missed", "", None, "list of the must-mention facts the answer leaves out"),
+    )
     description = "share of the turn's must-mention facts the answer states (NaN when it has none)"
 
     def score(self, df: pd.DataFrame, ctx: ScoreContext) -> pd.DataFrame:
@@ -119,7 +131,7 @@ class FactScorer(Scorer):
 class WerScorer(Scorer):
     """Voice rows: word error rate of what STT heard vs what the caller said (numbers and case normalised)."""
 
-    columns = ("wer",)
+    columns = ("wer",)  # the voice harness writes it too: its metric is the turn table's (replay.schema)
     description = "jiwer WER of transcript vs user_text after normalisation; NaN on text rows"
 
     def score(self, df: pd.DataFrame, ctx: ScoreContext) -> pd.DataFrame:
@@ -185,7 +197,12 @@ def _partial_similarity_metric() -> Any:
 class RetrievalScorer(Scorer):
     """Did the strategy retrieve the documents that hold the answer? By id, and by text against the dataset."""
 
-    columns = ("ctx_precision_id", "ctx_recall_id", "ctx_precision_text", "ctx_recall_text")
+    metrics = (
+        Metric("ctx_precision_id", "context precision (ids)", "", "higher", "retrieved documents that are references"),
+        Metric("ctx_recall_id", "context recall (ids)", "", "higher", "reference documents that were retrieved"),
+        Metric("ctx_precision_text", "context precision (text)", "", "higher", "passages found in a reference"),
+        Metric("ctx_recall_text", "context recall (text)", "", "higher", "references a retrieved passage matches"),
+    )
     description = (
         "ragas IDBasedContextPrecision/Recall (context_sources vs reference_contexts) and "
         "NonLLMContextPrecisionWithReference/NonLLMContextRecall (passage text vs reference document text, "
