@@ -91,11 +91,15 @@ def qwen05_gguf() -> Path:
     return _assemble(target, parts, QWEN05_SHA256)
 
 
-GGUF_ALIASES = {"smollm2": smollm2_gguf, "qwen2.5-0.5b": qwen05_gguf}
+GGUF_ALIASES = {
+    "smollm2": smollm2_gguf,
+    "qwen2.5-coder-0.5b": qwen05_gguf,
+    "qwen2.5-0.5b": qwen05_gguf,  # the name earlier configs used for the same Coder model
+}
 
 
 def resolve_gguf(spec: str) -> Path:
-    """A GGUF by alias (``smollm2``, ``qwen2.5-0.5b``) or by path."""
+    """A GGUF by alias (``smollm2``, ``qwen2.5-coder-0.5b``) or by path."""
     if spec in GGUF_ALIASES:
         return GGUF_ALIASES[spec]()
     path = Path(spec).expanduser()
