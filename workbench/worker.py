@@ -71,16 +71,12 @@ def worker_config(promoted: Promoted, environ: Mapping[str, str] | None = None) 
 
 def check_promoted(promoted: Promoted) -> None:
     """Fail fast (before any model loads) when the strategy kind or its options are not valid here."""
-    from workbench.strategies.registry import REGISTRY, _load_builtins
+    from workbench.strategies.registry import validate
 
-    _load_builtins()
-    cfg = dict(promoted.strategy)
-    kind = cfg.pop("kind")
-    cfg.pop("name", None)
-    if kind not in REGISTRY:
-        raise PromotedFileError(f"strategy kind {kind!r} is not registered here (have: {', '.join(sorted(REGISTRY))})")
     try:
-        REGISTRY[kind].Config.model_validate(cfg)  # type: ignore[attr-defined]
+        validate(promoted.strategy)
+    except KeyError as e:
+        raise PromotedFileError(str(e.args[0])) from e
     except ValueError as e:
         raise PromotedFileError(f"strategy {promoted.strategy_name!r}: {e}") from e
 

@@ -120,7 +120,7 @@ def test_registered_kinds_build_from_config(scripted_stack: ModelStack) -> None:
     assert {"ag2", "ag2_team"} <= set(kinds)
     assert isinstance(build("ag2", scripted_stack), AG2Strategy)
     s = build({"kind": "ag2_team", "coordination": "gather", "helpers": ["researcher", "planner"]}, scripted_stack)
-    assert isinstance(s, AG2TeamStrategy) and s.cfg.coordination == "gather" and list(s.helpers) == s.cfg.helpers
+    assert isinstance(s, AG2TeamStrategy) and s.config.coordination == "gather" and list(s.helpers) == s.config.helpers
     with pytest.raises(ValueError, match="coordination"):
         build({"kind": "ag2_team", "coordination": "fastest"}, scripted_stack)
     with pytest.raises(ValueError, match="helpers"):

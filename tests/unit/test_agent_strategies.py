@@ -17,7 +17,6 @@ from workbench.models import ModelStack
 from workbench.strategies.agents import (
     AutoGenStrategy,
     HybridStrategy,
-    ModelClients,
     MultiAgentStrategy,
     PooledOpenAIClient,
     first_sentence,
@@ -95,8 +94,8 @@ def test_registered_kinds_build_from_config(scripted_stack: ModelStack) -> None:
     kinds = available()
     assert {"autogen", "multi_agent", "hybrid"} <= set(kinds)
     s = build({"kind": "multi_agent", "coordination": "gather", "helpers": ["researcher", "planner"]}, scripted_stack)
-    assert isinstance(s, MultiAgentStrategy) and s.cfg.coordination == "gather"
-    assert s.cfg.helpers == ["researcher", "planner"]
+    assert isinstance(s, MultiAgentStrategy) and s.config.coordination == "gather"
+    assert s.config.helpers == ["researcher", "planner"]
     with pytest.raises(ValueError, match="coordination"):
         build({"kind": "multi_agent", "coordination": "fastest"}, scripted_stack)
 
@@ -381,11 +380,10 @@ class FakeIndex:
 async def test_hybrid_puts_passages_in_the_instructions_and_the_trace(
     endpoint: ScriptedEndpoint, scripted_stack: ModelStack, team: bool
 ) -> None:
-    clients = ModelClients.for_stack(scripted_stack, scripted_stack.endpoint())
-    cfg = MultiAgentStrategy.Config(coordination="gather")
-    inner = MultiAgentStrategy(clients, cfg) if team else AutoGenStrategy(clients)
     index = FakeIndex()
-    hybrid = HybridStrategy(inner, index, top_k=2)
+    cfg = HybridStrategy.Config(team=team, coordination="gather", top_k=2)
+    hybrid = HybridStrategy(cfg, stack=scripted_stack, index=index)
+    assert isinstance(hybrid.inner, MultiAgentStrategy if team else AutoGenStrategy)
     ctx = chat_ctx(("user", "When does Main Street open?"))
     text, _ = await run_turn(hybrid, ctx)
     assert text == ANSWER

@@ -17,7 +17,6 @@ from workbench.strategies.rag import (
     rag_llm_node,
     speakable,
 )
-from workbench.strategies.registry import build
 from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
 
 HOURS = Passage(
@@ -64,7 +63,7 @@ async def answer(strategy, ctx: llm.ChatContext) -> str:
 async def test_rag_puts_context_in_the_leading_instructions_and_traces_passages(endpoint, tmp_path) -> None:
     stack = stack_for(endpoint, tmp_path)
     index = FakeIndex([HOURS, PARKING])
-    rag = RagStrategy(stack.llm(), index, stack.endpoint(), top_k=2)
+    rag = RagStrategy(RagStrategy.Config(top_k=2), stack=stack, index=index)
     ctx = ctx_with(("user", "When do you open?"))
     assert await answer(rag, ctx) == "We open at 8 am."
     messages = endpoint.chat_requests[-1].messages
@@ -79,8 +78,7 @@ async def test_rag_puts_context_in_the_leading_instructions_and_traces_passages(
 
 async def test_rag_middleware_rewrites_a_copy_and_the_history_keeps_the_callers_words(endpoint, tmp_path) -> None:
     stack = stack_for(endpoint, tmp_path)
-    inner = build("plain", stack)
-    mw = RagMiddlewareStrategy(inner, FakeIndex([HOURS]), top_k=1)
+    mw = RagMiddlewareStrategy(RagMiddlewareStrategy.Config(top_k=1), stack=stack, index=FakeIndex([HOURS]))
     ctx = ctx_with(("user", "Are you open on Sunday?"), ("assistant", "No."), ("user", "And Monday?"))
     assert await answer(mw, ctx) == "We open at 8 am."
     sent = endpoint.chat_requests[-1].messages
@@ -112,7 +110,7 @@ async def test_rag_llm_node_hook_in_an_agent_session(endpoint, tmp_path) -> None
 
 async def test_extractive_speaks_the_best_passage_without_calling_a_model(endpoint, tmp_path) -> None:
     cfg = ExtractiveStrategy.Config(max_words=12)
-    ex = ExtractiveStrategy(FakeIndex([HOURS, PARKING]), cfg)
+    ex = ExtractiveStrategy(cfg, index=FakeIndex([HOURS, PARKING]))
     ctx = ctx_with(("user", "When do you open?"))
     text = await answer(ex, ctx)
     assert text == "Main Street is open 8 am to 6 pm on weekdays."
@@ -123,7 +121,7 @@ async def test_extractive_speaks_the_best_passage_without_calling_a_model(endpoi
 
 async def test_extractive_says_no_answer_below_min_score(tmp_path) -> None:
     cfg = ExtractiveStrategy.Config(min_score=0.9)
-    ex = ExtractiveStrategy(FakeIndex([PARKING]), cfg)
+    ex = ExtractiveStrategy(cfg, index=FakeIndex([PARKING]))
     assert await answer(ex, ctx_with(("user", "Can I bring my dog?"))) == cfg.no_answer
 
 
@@ -131,3 +129,24 @@ def test_speakable_reads_markdown_as_sentences() -> None:
     text = "# Insurance\n\nWe accept these plans:\n\n- Aetna\n- **Cigna**\n\nSee [our page](http://x) for more."
     assert speakable(text) == "We accept these plans: Aetna, Cigna. See our page for more."
     assert speakable("One two three. Four five six. Seven eight.", max_words=6) == "One two three. Four five six."
+
+
+async def test_the_wrappers_timeouts_and_fallback_govern_its_inner_strategy(endpoint, tmp_path) -> None:
+    stack = stack_for(endpoint, tmp_path)
+    endpoint.push(Script(fault="hang"))
+    cfg = RagMiddlewareStrategy.Config(top_k=1, first_chunk_timeout_s=0.2)
+    mw = RagMiddlewareStrategy(cfg, stack=stack, index=FakeIndex([PARKING]))
+    mw.fallback = ExtractiveStrategy(index=FakeIndex([HOURS]))
+    ctx = ctx_with(("user", "When do you open?"))
+    assert await answer(mw, ctx) == "Main Street is open 8 am to 6 pm on weekdays. Closed Sundays."
+    trace = mw.trace_for(ctx.items[-1].id)
+    assert (trace.error_kind, trace.fallback, trace.partial) == ("timeout", "extractive", False)
+    assert [p.source for p in trace.contexts] == ["knowledge/parking.md"]  # what the wrapper retrieved
+    await mw.aclose()
+
+
+def test_recovery_keys_under_inner_are_refused_with_where_they_belong() -> None:
+    with pytest.raises(ValueError, match="put apology, fallback on the rag_middleware strategy, not under inner"):
+        RagMiddlewareStrategy.Config(inner={"kind": "plain", "fallback": "extractive", "apology": None})
+    assert RagMiddlewareStrategy.Config(inner={"kind": "plain", "endpoint": "default"}).placement == "user_turn"
+    assert RagStrategy.Config().placement == "instructions"

@@ -28,7 +28,6 @@ from workbench.replay import Suite, arun, load_run
 from workbench.replay.faults import FaultStack, FaultTiming, endpoint_script, fault_config, marker
 from workbench.replay.suite import VoiceOptions
 from workbench.strategies.base import Passage
-from workbench.strategies.builtin import PlainStrategy
 from workbench.strategies.context import CONTEXT_HEADER
 from workbench.strategies.rag import RagMiddlewareStrategy, RagStrategy
 from workbench.testing.fakes import tone
@@ -187,8 +186,8 @@ def _check_prompt(text: str, where: str) -> None:
 async def test_a_poisoned_document_reaches_the_model_only_as_delimited_data() -> None:
     async with ScriptedEndpoint(Script(text="We open at 8.")) as ep:
         stack = ModelStack(WorkbenchConfig(llm=EndpointConfig(kind="openai", base_url=ep.base_url, model="m")))
-        in_instructions = RagStrategy(stack.llm(), PoisonedIndex(), stack.endpoint())
-        in_user_turn = RagMiddlewareStrategy(PlainStrategy(stack.llm(), stack.endpoint()), PoisonedIndex())
+        in_instructions = RagStrategy(stack=stack, index=PoisonedIndex())
+        in_user_turn = RagMiddlewareStrategy(stack=stack, index=PoisonedIndex())
         for strategy in (in_instructions, in_user_turn):
             ctx = llm.ChatContext()
             ctx.add_message(role="system", content="You are Diana, the clinic's assistant.")

@@ -16,7 +16,7 @@ from livekit.agents import Agent, AgentSession, APIConnectionError, function_too
 
 from workbench.config import EndpointConfig, WorkbenchConfig
 from workbench.models import ModelStack
-from workbench.strategies import Strategy, StrategyOptions, Turn, TurnTrace, build
+from workbench.strategies import Strategy, StrategyOptions, Turn, TurnTrace, build, register, validate
 from workbench.strategies.base import count_tokens, error_kind
 from workbench.testing import Script, ScriptedEndpoint, ToolCall, closed_port_url
 from workbench.testing.scripted_endpoint import wait_until
@@ -325,3 +325,59 @@ async def test_agent_session_run_speaks_the_scripted_answer(upstream: ScriptedEn
     assert sent[0]["role"] == "system" and "Diana" in sent[0]["content"]
     assert sent[-1] == {"role": "user", "content": "When do you open?"}
     await s.aclose()
+
+
+@register
+class PoliteForTest(Strategy):
+    """The contract a user writes: YAML keys as ``Config``, a ``generate``, nothing about endpoints or options."""
+
+    kind = "polite-test"
+
+    class Config(StrategyOptions):
+        name_hint: str = "there"
+
+    async def generate(self, turn: Turn) -> AsyncIterator[str | llm.ChatChunk]:
+        yield f"Hi {self.config.name_hint}, "
+        async for chunk in turn.stream():
+            yield chunk
+
+
+BACKUP_SPEC = {"kind": "plain", "name": "plain-backup", "endpoint": "backup"}
+
+
+async def test_a_minimal_strategy_gets_endpoint_timeouts_and_fallback_from_its_yaml_keys(
+    upstream: ScriptedEndpoint, backup: ScriptedEndpoint
+) -> None:
+    stack = make_stack(upstream.base_url, backup.base_url)
+    keys = {"first_chunk_timeout_s": 0.2, "chunk_timeout_s": 0.3, "fallback": BACKUP_SPEC, "history_tokens": 321}
+    s = build({"kind": "polite-test", "name": "polite", "name_hint": "Sam", **keys}, stack)
+    assert isinstance(s, PoliteForTest) and s.name == "polite" and s.config.name_hint == "Sam"
+    assert (s.options.first_chunk_timeout_s, s.options.chunk_timeout_s, s.prompt_budget) == (0.2, 0.3, 321)
+    assert s.fallback is not None and s.fallback.name == "plain-backup" and s.endpoint.base_url == upstream.base_url
+
+    upstream.push(Script(text="We open at eight."))  # the base's LLM on the configured endpoint
+    text, _, trace = await answer(s, chat_ctx("When do you open?"))
+    assert text == "Hi Sam, We open at eight." and trace.error_kind is None
+
+    # the greeting is out, then the model hangs: the chunk timeout falls back (plain, written the same way, shows
+    # the first-chunk timeout in test_fault_falls_back_to_another_strategy)
+    upstream.push(Script(fault="hang"))
+    t0 = time.perf_counter()
+    text, _, trace = await answer(s, chat_ctx("When do you open?"))
+    assert text == "Hi Sam, Backup answer."
+    assert (trace.error_kind, trace.fallback, trace.partial) == ("timeout", "plain-backup", True)
+    assert 0.3 <= trace.notes["recovery_s"] < time.perf_counter() - t0 < 1.5
+    await s.aclose()
+
+
+def test_an_unknown_yaml_key_is_a_clear_error(upstream: ScriptedEndpoint) -> None:
+    stack = make_stack(upstream.base_url)
+    with pytest.raises(ValueError, match=r"unknown key nme_hint \(the keys are: apology, .*name_hint"):
+        build({"kind": "polite-test", "nme_hint": "Sam"}, stack)
+    with pytest.raises(ValueError, match="unknown keys first_chunk_timeout, top_k"):
+        validate({"kind": "polite-test", "first_chunk_timeout": 1, "top_k": 3})
+    with pytest.raises(ValueError, match="unknown key nme_hint"):  # a nested strategy is checked as well
+        validate({"kind": "plain", "fallback": {"kind": "polite-test", "nme_hint": "Sam"}})
+    with pytest.raises(KeyError, match="'polite-tset' is not registered"):
+        validate({"kind": "polite-tset"})
+    assert upstream.chat_requests == []

@@ -1,6 +1,17 @@
 """Interchangeable LLM strategies, each a streaming ``livekit.agents.llm.LLM``."""
 
 from workbench.strategies.base import Passage, Strategy, StrategyOptions, Turn, TurnTrace
-from workbench.strategies.registry import REGISTRY, available, build, register
+from workbench.strategies.registry import REGISTRY, available, build, register, validate
 
-__all__ = ["REGISTRY", "Passage", "Strategy", "StrategyOptions", "Turn", "TurnTrace", "available", "build", "register"]
+__all__ = [
+    "REGISTRY",
+    "Passage",
+    "Strategy",
+    "StrategyOptions",
+    "Turn",
+    "TurnTrace",
+    "available",
+    "build",
+    "register",
+    "validate",
+]

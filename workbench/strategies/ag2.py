@@ -53,9 +53,9 @@ from workbench.strategies.agents import (
     skip_repeat,
     to_autogen,
 )
-from workbench.strategies.base import Strategy, StrategyOptions, Turn, error_kind
+from workbench.strategies.base import Turn, error_kind
 from workbench.strategies.bridge import stream_from_task
-from workbench.strategies.pooled import PooledClients
+from workbench.strategies.pooled import PooledClients, PooledStrategy
 from workbench.strategies.registry import register
 
 _on_accepted: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
@@ -194,43 +194,25 @@ def stream_reply(
 
 
 @register
-class AG2Strategy(Strategy):
+class AG2Strategy(PooledStrategy):
     """One streaming AG2 agent (ag2.Agent) on the plain endpoint; no tools from the session."""
 
     kind = "ag2"
+    clients_type = AG2Clients
 
-    class Config(StrategyOptions):
-        max_tokens: int | None = None  # None: the endpoint's max_tokens
-
-    def __init__(self, clients: AG2Clients, *, max_tokens: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.clients, self.max_tokens = clients, max_tokens
+    def __init__(self, config: PooledStrategy.Config | None = None, *, stack: ModelStack | None = None) -> None:
+        super().__init__(config, stack=stack)
         self.agent = Agent("assistant")  # stateless between turns: the model config comes with each run
 
-    @classmethod
-    def from_config(cls, cfg: Config, stack: ModelStack, **kwargs: Any) -> AG2Strategy:
-        ep = stack.endpoint(cfg.endpoint)
-        return cls(AG2Clients.for_stack(stack, ep), max_tokens=cfg.max_tokens, options=cfg,
-                   prompt_budget=ep.config.prompt_budget(), **kwargs)  # fmt: skip
-
-    async def _ready(self) -> None:
-        ep = self.clients.endpoint
-        if ep.server is not None and not ep.server.alive():
-            await asyncio.to_thread(ep.ensure_ready)  # a managed server died: restart it first
-
     async def answer(self, turn: Turn, conv: AG2Conversation) -> AsyncIterator[str]:
-        async for token in stream_reply(self.agent, self.clients.get(self.max_tokens), conv.events,
-                                        conv.instructions):  # fmt: skip
+        config = self.clients.get(self.config.max_tokens)
+        async for token in stream_reply(self.agent, config, conv.events, conv.instructions):
             yield token
 
     async def generate(self, turn: Turn) -> AsyncIterator[str | llm.ChatChunk]:
-        await self._ready()
+        await self.ready()
         async for token in self.answer(turn, to_ag2(turn.chat_ctx)):
             yield token
-
-    async def aclose(self) -> None:
-        self.clients.clear()
-        await super().aclose()
 
 
 @register
@@ -257,27 +239,21 @@ class AG2TeamStrategy(AG2Strategy):
         lead_in_max_tokens: int = 32
         helper_wait_s: float = 2.0  # after the lead-in is written; its ~2-3 s of speech hide the wait
 
-    def __init__(self, clients: AG2Clients, cfg: Config | None = None, **kwargs: Any) -> None:
-        cfg = cfg or self.Config()
-        super().__init__(clients, max_tokens=cfg.max_tokens, **kwargs)
-        self.cfg = cfg
-        self.editor = Agent("editor")
-        self.helpers = {role: Agent(role) for role in cfg.helpers}
+    config: Config
 
-    @classmethod
-    def from_config(cls, cfg: Config, stack: ModelStack, **kwargs: Any) -> AG2TeamStrategy:
-        ep = stack.endpoint(cfg.endpoint)
-        return cls(AG2Clients.for_stack(stack, ep), cfg, options=cfg, prompt_budget=ep.config.prompt_budget(),
-                   **kwargs)  # fmt: skip
+    def __init__(self, config: Config | None = None, *, stack: ModelStack | None = None) -> None:
+        super().__init__(config, stack=stack)
+        self.editor = Agent("editor")
+        self.helpers = {role: Agent(role) for role in self.config.helpers}
 
     async def answer(self, turn: Turn, conv: AG2Conversation) -> AsyncIterator[str]:
-        turn.trace.notes["coordination"] = self.cfg.coordination
-        stream = self._gather(turn, conv) if self.cfg.coordination == "gather" else self._low_latency(turn, conv)
+        turn.trace.notes["coordination"] = self.config.coordination
+        stream = self._gather(turn, conv) if self.config.coordination == "gather" else self._low_latency(turn, conv)
         async for token in stream:
             yield token
 
     def _start_helpers(self, conv: AG2Conversation, notes: dict[str, list[str]]) -> dict[str, asyncio.Task[None]]:
-        config = self.clients.get(self.cfg.helper_max_tokens)
+        config = self.clients.get(self.config.helper_max_tokens)
         tasks: dict[str, asyncio.Task[None]] = {}
         for role, agent in self.helpers.items():
             notes[role] = []
@@ -307,14 +283,14 @@ class AG2TeamStrategy(AG2Strategy):
         written = [text for parts in notes.values() if (text := "".join(parts).strip())]
         # the notes are the messages after the caller's question, as EDITOR_ROLE tells the editor
         events = [*conv.events, *(ModelRequest([TextInput(text)]) for text in written)]
-        async for token in stream_reply(self.editor, self.clients.get(self.max_tokens), events,
-                                        _with_role(conv.instructions, EDITOR_ROLE)):  # fmt: skip
+        config = self.clients.get(self.config.max_tokens)
+        async for token in stream_reply(self.editor, config, events, _with_role(conv.instructions, EDITOR_ROLE)):
             yield token
 
     async def _low_latency(self, turn: Turn, conv: AG2Conversation) -> AsyncIterator[str]:
         t0 = time.perf_counter()
-        lead_stream = stream_reply(self.editor, self.clients.get(self.cfg.lead_in_max_tokens), conv.events,
-                                   _with_role(conv.instructions, LEAD_IN_ROLE))  # fmt: skip
+        lead_config = self.clients.get(self.config.lead_in_max_tokens)
+        lead_stream = stream_reply(self.editor, lead_config, conv.events, _with_role(conv.instructions, LEAD_IN_ROLE))
         accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         hook = _on_accepted.set(lambda: accepted.done() or accepted.set_result(None))
         try:  # the task copies the context, so only the lead-in's request reports its acceptance
@@ -337,7 +313,7 @@ class AG2TeamStrategy(AG2Strategy):
             await lead_stream.aclose()  # a lead-in longer than one sentence is cut here
             turn.trace.notes["lead_in_s"] = round(time.perf_counter() - t0, 4)
 
-            _done, pending = await asyncio.wait(tasks.values(), timeout=self.cfg.helper_wait_s)
+            _done, pending = await asyncio.wait(tasks.values(), timeout=self.config.helper_wait_s)
             for t in pending:  # out of time: use what they wrote so far, free the server for the editor
                 t.cancel()
             if pending:
@@ -347,8 +323,8 @@ class AG2TeamStrategy(AG2Strategy):
             self._record_helpers(turn, tasks)
             gathered = "\n".join(f"{name}: {''.join(parts).strip()}" for name, parts in notes.items() if parts)
             role = CONTINUE_ROLE.format(lead=lead.strip(), notes=gathered or "- none")
-            cont = stream_reply(self.editor, self.clients.get(self.max_tokens), conv.events,
-                                _with_role(conv.instructions, role))  # fmt: skip
+            cont_config = self.clients.get(self.config.max_tokens)
+            cont = stream_reply(self.editor, cont_config, conv.events, _with_role(conv.instructions, role))
             need_space = bool(lead) and not lead[-1].isspace()
             async for token in skip_repeat(cont, lead):
                 if need_space:

@@ -33,11 +33,10 @@ from livekit.agents import llm
 from livekit.agents.llm import ChatContext, ChatMessage
 from pydantic import Field
 
-from workbench.models import ModelStack
-from workbench.strategies.base import Passage, Strategy, StrategyOptions, Turn, error_kind
+from workbench.strategies.base import Turn, error_kind
 from workbench.strategies.bridge import stream_from_task
-from workbench.strategies.context import with_context_in_instructions
-from workbench.strategies.pooled import PooledClients
+from workbench.strategies.pooled import PooledClients, PooledStrategy
+from workbench.strategies.rag import RetrievalStrategy, spec_from_keys
 from workbench.strategies.registry import register
 
 
@@ -200,49 +199,23 @@ def stream_tokens(runnable: Any, *, task: Any = None, speaker: str | None = None
 # -- strategies ---------------------------------------------------------------------------------------------
 
 
-class AutoGenOptions(StrategyOptions):
-    max_tokens: int | None = None  # None: the endpoint's max_tokens
-
-
 @register
-class AutoGenStrategy(Strategy):
+class AutoGenStrategy(PooledStrategy):
     """One AutoGen AssistantAgent on the plain endpoint, streaming tokens as the model produces them."""
 
     kind = "autogen"
+    clients_type = ModelClients
 
-    class Config(AutoGenOptions):
-        pass
-
-    def __init__(self, clients: ModelClients, *, max_tokens: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.clients, self.max_tokens = clients, max_tokens
-
-    @classmethod
-    def from_config(cls, cfg: Config, stack: ModelStack, **kwargs: Any) -> AutoGenStrategy:
-        ep = stack.endpoint(cfg.endpoint)
-        return cls(ModelClients.for_stack(stack, ep), max_tokens=cfg.max_tokens, options=cfg,
-                   prompt_budget=ep.config.prompt_budget(), **kwargs)  # fmt: skip
-
-    async def _ready(self) -> None:
-        ep = self.clients.endpoint
-        if ep.server is not None and not ep.server.alive():
-            await asyncio.to_thread(ep.ensure_ready)  # a managed server died: restart it first
-
-    async def answer(self, turn: Turn, chat_ctx: ChatContext) -> AsyncIterator[str]:
-        """The answer for ``chat_ctx`` (the turn's context, possibly with retrieved passages added)."""
-        conv = to_autogen(chat_ctx)
-        agent = _agent("assistant", self.clients.get(self.max_tokens), conv.instructions, conv.messages)
+    async def answer(self, turn: Turn, conv: Conversation) -> AsyncIterator[str]:
+        """The spoken answer to ``conv`` (the turn's context, with any retrieved passages in it)."""
+        agent = _agent("assistant", self.clients.get(self.config.max_tokens), conv.instructions, conv.messages)
         async for token in stream_tokens(agent, speaker="assistant"):
             yield token
 
     async def generate(self, turn: Turn) -> AsyncIterator[str | llm.ChatChunk]:
-        await self._ready()
-        async for token in self.answer(turn, turn.chat_ctx):
+        await self.ready()
+        async for token in self.answer(turn, to_autogen(turn.chat_ctx)):
             yield token
-
-    async def aclose(self) -> None:
-        await self.clients.aclose()
-        await super().aclose()
 
 
 RESEARCHER_ROLE = (
@@ -318,34 +291,22 @@ class MultiAgentStrategy(AutoGenStrategy):
 
     kind = "multi_agent"
 
-    class Config(AutoGenOptions):
+    class Config(AutoGenStrategy.Config):
         coordination: Literal["gather", "low_latency"] = "low_latency"
-        helpers: list[Literal["researcher", "planner"]] = Field(default_factory=lambda: ["researcher"])
+        helpers: list[Literal["researcher", "planner"]] = Field(default_factory=lambda: ["researcher"], min_length=1)
         helper_max_tokens: int = 64
         lead_in_max_tokens: int = 32
         helper_wait_s: float = 2.0  # after the lead-in is written; its ~2-3 s of speech hide the wait
 
-    def __init__(self, clients: ModelClients, cfg: Config | None = None, **kwargs: Any) -> None:
-        cfg = cfg or self.Config()
-        super().__init__(clients, max_tokens=cfg.max_tokens, **kwargs)
-        if not cfg.helpers:
-            raise ValueError("multi_agent needs at least one helper (researcher or planner)")
-        self.cfg = cfg
-
-    @classmethod
-    def from_config(cls, cfg: Config, stack: ModelStack, **kwargs: Any) -> MultiAgentStrategy:
-        ep = stack.endpoint(cfg.endpoint)
-        return cls(ModelClients.for_stack(stack, ep), cfg, options=cfg, prompt_budget=ep.config.prompt_budget(),
-                   **kwargs)  # fmt: skip
+    config: Config
 
     def _helpers(self, conv: Conversation) -> list[AssistantAgent]:
-        client = self.clients.get(self.cfg.helper_max_tokens)
-        return [_agent(r, client, _with_role(conv.instructions, ROLES[r]), conv.messages) for r in self.cfg.helpers]
+        client = self.clients.get(self.config.helper_max_tokens)
+        return [_agent(r, client, _with_role(conv.instructions, ROLES[r]), conv.messages) for r in self.config.helpers]
 
-    async def answer(self, turn: Turn, chat_ctx: ChatContext) -> AsyncIterator[str]:
-        conv = to_autogen(chat_ctx)
-        turn.trace.notes["coordination"] = self.cfg.coordination
-        stream = self._gather(conv) if self.cfg.coordination == "gather" else self._low_latency(turn, conv)
+    async def answer(self, turn: Turn, conv: Conversation) -> AsyncIterator[str]:
+        turn.trace.notes["coordination"] = self.config.coordination
+        stream = self._gather(conv) if self.config.coordination == "gather" else self._low_latency(turn, conv)
         async for token in stream:
             yield token
 
@@ -356,8 +317,8 @@ class MultiAgentStrategy(AutoGenStrategy):
         if conv.messages and isinstance(conv.messages[-1], UserMessage):
             task = str(conv.messages[-1].content)
             conv = Conversation(conv.instructions, conv.messages[:-1])
-        editor = _agent("editor", self.clients.get(self.max_tokens), _with_role(conv.instructions, EDITOR_ROLE),
-                        conv.messages)  # fmt: skip
+        editor_client = self.clients.get(self.config.max_tokens)
+        editor = _agent("editor", editor_client, _with_role(conv.instructions, EDITOR_ROLE), conv.messages)
         participants = [*self._helpers(conv), editor]
         team = RoundRobinGroupChat(participants, max_turns=len(participants))  # type: ignore[arg-type]
         async for token in stream_tokens(team, task=task, speaker="editor"):
@@ -365,8 +326,8 @@ class MultiAgentStrategy(AutoGenStrategy):
 
     async def _low_latency(self, turn: Turn, conv: Conversation) -> AsyncIterator[str]:
         t0 = time.perf_counter()
-        lead_agent = _agent("editor", self.clients.get(self.cfg.lead_in_max_tokens),
-                            _with_role(conv.instructions, LEAD_IN_ROLE), conv.messages)  # fmt: skip
+        lead_client = self.clients.get(self.config.lead_in_max_tokens)
+        lead_agent = _agent("editor", lead_client, _with_role(conv.instructions, LEAD_IN_ROLE), conv.messages)
         lead_stream = stream_tokens(lead_agent, speaker="editor")
         accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         hook = _on_accepted.set(lambda: accepted.done() or accepted.set_result(None))
@@ -390,7 +351,7 @@ class MultiAgentStrategy(AutoGenStrategy):
             await lead_stream.aclose()  # a lead-in longer than one sentence is cut here
             turn.trace.notes["lead_in_s"] = round(time.perf_counter() - t0, 4)
 
-            _done, pending = await asyncio.wait(helper_tasks.values(), timeout=self.cfg.helper_wait_s)
+            _done, pending = await asyncio.wait(helper_tasks.values(), timeout=self.config.helper_wait_s)
             for t in pending:  # out of time: use what they wrote so far, free the server for the editor
                 t.cancel()
             turn.trace.notes["helpers_partial"] = bool(pending)
@@ -401,8 +362,8 @@ class MultiAgentStrategy(AutoGenStrategy):
                 turn.trace.notes["helper_errors"] = errors
             gathered = "\n".join(f"{name}: {''.join(parts).strip()}" for name, parts in notes.items() if parts)
             role = CONTINUE_ROLE.format(lead=lead.strip(), notes=gathered or "- none")
-            cont = _agent("editor", self.clients.get(self.max_tokens), _with_role(conv.instructions, role),
-                          conv.messages)  # fmt: skip
+            cont_client = self.clients.get(self.config.max_tokens)
+            cont = _agent("editor", cont_client, _with_role(conv.instructions, role), conv.messages)
             need_space = bool(lead) and not lead[-1].isspace()
             async for token in skip_repeat(stream_tokens(cont, speaker="editor"), lead):
                 if need_space:
@@ -446,46 +407,18 @@ async def first_sentence(tokens: AsyncIterator[str], first: str | None, min_char
 
 
 @register
-class HybridStrategy(Strategy):
+class HybridStrategy(RetrievalStrategy):
     """RAG context in the instructions of the AutoGen agent (``team: false``) or the AutoGen team (``team: true``)."""
 
     kind = "hybrid"
 
-    class Config(MultiAgentStrategy.Config):
+    class Config(RetrievalStrategy.Config, MultiAgentStrategy.Config):
         team: bool = False
-        top_k: int = 3
-        knowledge: str | None = None  # folder of documents; default: the demo clinic's knowledge
 
-    def __init__(self, inner: AutoGenStrategy, index: Any, top_k: int = 3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.inner, self.index, self.top_k = inner, index, top_k
+    config: Config
 
-    @classmethod
-    def from_config(cls, cfg: Config, stack: ModelStack, **kwargs: Any) -> HybridStrategy:
-        from workbench.strategies.rag import RetrievalOptions, open_knowledge
-
-        ep = stack.endpoint(cfg.endpoint)
-        clients = ModelClients.for_stack(stack, ep)
-        team_keys = set(MultiAgentStrategy.Config.model_fields)
-        inner_cfg = MultiAgentStrategy.Config.model_validate(cfg.model_dump(include=team_keys))
-        inner: AutoGenStrategy = (
-            MultiAgentStrategy(clients, inner_cfg, name=f"{kwargs.get('name', cls.kind)}.team")
-            if cfg.team
-            else AutoGenStrategy(clients, max_tokens=cfg.max_tokens, name=f"{kwargs.get('name', cls.kind)}.agent")
-        )
-        index = open_knowledge(RetrievalOptions(knowledge=cfg.knowledge, top_k=cfg.top_k), stack)
-        return cls(inner, index, cfg.top_k, options=cfg, prompt_budget=ep.config.prompt_budget(), **kwargs)
-
-    async def generate(self, turn: Turn) -> AsyncIterator[str | llm.ChatChunk]:
-        await self.inner._ready()
-        passages: list[Passage] = await self.index.aretrieve(turn.user_text, self.top_k)
-        turn.trace.contexts = passages
-        async for token in self.inner.answer(turn, with_context_in_instructions(turn.chat_ctx, passages)):
-            yield token
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-        await super().aclose()
+    def inner_spec(self) -> dict[str, Any]:
+        return spec_from_keys(MultiAgentStrategy if self.config.team else AutoGenStrategy, self.config)
 
 
 __all__ = [

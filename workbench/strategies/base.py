@@ -1,11 +1,12 @@
 """The one base every strategy shares: a real ``livekit.agents.llm.LLM`` that streams.
 
-A strategy implements a single async generator, :meth:`Strategy.generate`, yielding text
-deltas or ``ChatChunk``s as they arrive. The base adds what every strategy needs and
-none should re-implement: history trimmed to a token budget, first-chunk and between-chunk
-timeouts, fallback to another strategy or a spoken apology, a per-turn :class:`TurnTrace`
-the harness reads, and prompt cancellation (closing the stream cancels the generator and,
-with it, the upstream request).
+A strategy declares its YAML keys (``Config``) and implements a single async generator,
+:meth:`Strategy.generate`, yielding text deltas or ``ChatChunk``s as they arrive. The base adds
+what every strategy needs and none should re-implement: the validated config, the endpoint and
+LLM it names (``turn.stream()``, restarting a managed server that died), history trimmed to the
+endpoint's prompt budget, first-chunk and between-chunk timeouts, fallback to another strategy or
+a spoken apology, a per-turn :class:`TurnTrace` the harness reads, prompt cancellation (closing
+the stream cancels the generator and, with it, the upstream request), and ``aclose``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import httpx2
 import openai
@@ -34,11 +35,16 @@ from livekit.agents import (
 )
 from livekit.agents.llm import ChatContext, ChatMessage
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from workbench.models.session import SessionHandles
 
+if TYPE_CHECKING:
+    from workbench.models import ModelStack, ResolvedEndpoint
+
 log = logging.getLogger(__name__)
+
+DEFAULT_PROMPT_BUDGET = 1900  # history tokens for a strategy built without a stack (no endpoint to ask)
 
 
 class StrategyOptions(BaseModel):
@@ -52,6 +58,17 @@ class StrategyOptions(BaseModel):
     chunk_timeout_s: float = 10.0
     fallback: str | dict[str, Any] | None = None  # another strategy, by name or config
     apology: str | None = "Sorry, I'm having trouble answering right now. Could you say that again?"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        """A misspelt key names the keys there are: a typo must not pass silently as a default."""
+        if isinstance(data, dict) and (unknown := sorted(set(data) - set(cls.model_fields))):
+            keys = ", ".join(sorted(cls.model_fields))
+            raise ValueError(
+                f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (the keys are: {keys})"
+            )
+        return data
 
 
 @dataclass
@@ -187,32 +204,120 @@ class Turn:
     tools: list[llm.Tool]
     conn_options: APIConnectOptions
     trace: TurnTrace
+    strategy: Strategy  # whose LLM :meth:`stream` reaches
 
     @property
     def user_text(self) -> str:
         msg = last_user_message(self.chat_ctx)
         return (msg.text_content or "") if msg else ""
 
+    def stream(self, chat_ctx: ChatContext | None = None) -> AsyncIterator[llm.ChatChunk]:
+        """The strategy's LLM answering this turn (or ``chat_ctx``), chunk by chunk as they arrive."""
+        return self.strategy.stream_llm(self, chat_ctx)
+
+    def passed_to(self, strategy: Strategy, chat_ctx: ChatContext) -> Turn:
+        """This turn (same trace and tools) for an inner strategy's ``generate``, with its own context."""
+        return replace(self, strategy=strategy, chat_ctx=chat_ctx)
+
 
 class Strategy(SessionHandles, llm.LLM):
-    """Base class: subclass, set ``kind``, implement :meth:`generate`, register with ``@register``."""
+    """Base class: subclass, set ``kind``, declare its YAML keys as ``Config``, implement :meth:`generate`, register.
+
+    Own recovery: ``llm.FallbackAdapter`` (livekit-agents 1.8.9) re-sends a failed turn to the failed LLM as a probe,
+    skips that LLM in later turns, keeps no error kind, has no apology, and raises or glues the backup to a cut answer.
+    """
 
     kind: ClassVar[str] = "strategy"
+    Config: ClassVar[type[StrategyOptions]] = StrategyOptions
+    config: StrategyOptions  # an instance of ``Config``, validated by the registry
+    # False: never calls a model itself (extractive, or a wrapper whose inner strategy does), so no endpoint is resolved
+    uses_endpoint: ClassVar[bool] = True
     max_traces: ClassVar[int] = 4096
     # backpressure: how far the producer may run ahead of the consumer before generate() is paused
     max_buffered_chunks: int = 64
 
-    def __init__(self, *, name: str | None = None, options: StrategyOptions | None = None,
-                 fallback: Strategy | None = None, prompt_budget: int = 1900) -> None:  # fmt: skip
+    def __init__(self, config: StrategyOptions | None = None, *, stack: ModelStack | None = None) -> None:
         super().__init__()
-        self.name = name or self.kind
-        self.options = options or StrategyOptions()
-        self.fallback = fallback
-        self.prompt_budget = self.options.history_tokens or prompt_budget
+        self.name = self.kind
+        self.fallback: Strategy | None = None
+        self._stack: ModelStack | None = None
+        self._endpoint: ResolvedEndpoint | None = None
+        self._llm: llm.LLM | None = None
+        self._budget = DEFAULT_PROMPT_BUDGET
         self._traces: OrderedDict[str, TurnTrace] = OrderedDict()
         self._trace_listeners: list[Any] = []
         self._streams: weakref.WeakSet[StrategyStream] = weakref.WeakSet()
+        self.bind(self.Config() if config is None else config, stack)
         _encoder()  # load the tokenizer now (~0.3 s once), not inside the event loop on the first turn
+
+    @classmethod
+    def from_config(cls, config: StrategyOptions, stack: ModelStack) -> Self:
+        """Override only to construct with more than the config (e.g. a prebuilt index): :func:`build` binds the
+        config, endpoint, name and fallback after construction, so an override cannot lose them."""
+        return cls(config, stack=stack)
+
+    def bind(
+        self,
+        config: StrategyOptions,
+        stack: ModelStack | None,
+        *,
+        name: str | None = None,
+        fallback: Strategy | None = None,
+    ) -> None:
+        """Apply a validated config: its endpoint and LLM from ``stack`` (resolving it starts a managed server)."""
+        if not isinstance(config, self.Config):
+            raise TypeError(f"strategy {self.kind!r} takes a {self.Config.__qualname__}, not {type(config).__name__}")
+        self.config = config
+        self.name = name or self.name
+        if fallback is not None:
+            self.fallback = fallback
+        if stack is None:
+            return
+        self._budget = stack.config.endpoint(config.endpoint).prompt_budget()
+        moved = self._endpoint is None or self._stack is not stack or self._endpoint.name != config.endpoint
+        self._stack = stack
+        if self.uses_endpoint and moved:
+            self._endpoint, self._llm = stack.endpoint(config.endpoint), stack.llm(config.endpoint)
+
+    @property
+    def options(self) -> StrategyOptions:
+        """The shared keys (timeouts, fallback, apology, history budget): the same object as ``config``."""
+        return self.config
+
+    @property
+    def prompt_budget(self) -> int:
+        """History tokens a turn may carry: ``history_tokens``, else the endpoint's prompt budget."""
+        return self.config.history_tokens or self._budget
+
+    @property
+    def stack(self) -> ModelStack:
+        """The model stack this strategy was built on (servers, pooled clients, the embedder)."""
+        if self._stack is None:
+            raise AttributeError(f"strategy {self.name!r} has no model stack: build it with build(spec, stack)")
+        return self._stack
+
+    @property
+    def endpoint(self) -> ResolvedEndpoint:
+        """The endpoint ``config.endpoint`` names, resolved on the stack."""
+        if self._endpoint is None:
+            raise AttributeError(f"strategy {self.name!r} has no endpoint: build it with build(spec, stack)")
+        return self._endpoint
+
+    async def ready(self) -> None:
+        """Restart the managed model server if it died, before a request (cheap when it is alive)."""
+        ep = self._endpoint
+        if ep is not None and ep.server is not None and not ep.server.alive():
+            await asyncio.to_thread(ep.ensure_ready)
+
+    async def stream_llm(self, turn: Turn, chat_ctx: ChatContext | None = None) -> AsyncIterator[llm.ChatChunk]:
+        """Forward this strategy's LLM's chunks as they arrive (tool calls included, nothing buffered)."""
+        await self.ready()
+        # the endpoint's own timeout: the strategy's first-chunk/chunk timeouts decide when to fall back
+        timeout = self._endpoint.config.timeout_s if self._endpoint is not None else turn.conn_options.timeout
+        opts = APIConnectOptions(max_retry=0, timeout=timeout)
+        async with self.llm.chat(chat_ctx=chat_ctx or turn.chat_ctx, tools=turn.tools, conn_options=opts) as stream:
+            async for chunk in stream:
+                yield chunk
 
     @property
     def model(self) -> str:
@@ -260,12 +365,22 @@ class Strategy(SessionHandles, llm.LLM):
             cb(trace)
 
     async def aclose(self) -> None:
-        """Close streams still open (a consumer that never closed its stream), then the fallback."""
+        """Close streams still open (a consumer that never closed its stream), the LLM, then the fallback."""
         for stream in list(self._streams):
             await stream.aclose()
+        if self._llm is not None:
+            await self._llm.aclose()
         if self.fallback is not None:
             await self.fallback.aclose()
         await super().aclose()
+
+    # defined last: inside this class body, the name ``llm`` is the livekit module until here
+    @property
+    def llm(self) -> llm.LLM:
+        """The LLM on ``config.endpoint``, built from the stack (what ``turn.stream()`` calls)."""
+        if self._llm is None:
+            raise AttributeError(f"strategy {self.name!r} has no LLM: build it with build(spec, stack)")
+        return self._llm
 
 
 def _speaks(chunk: llm.ChatChunk) -> bool:
@@ -283,6 +398,7 @@ class StrategyStream(llm.LLMStream):
         self._taken = 0  # ... and chunks the consumer has taken: the difference is the backlog
         self._room = asyncio.Event()
         self._room.set()
+        self._spaced = True  # the text sent so far ends in whitespace (or there is none)
 
     async def aclose(self) -> None:
         self._strategy._streams.discard(self)
@@ -312,6 +428,8 @@ class StrategyStream(llm.LLMStream):
         if output and trace.error_kind is not None and "recovery_s" not in trace.notes and _speaks(item):
             # first words of the fallback or apology: when the caller hears the turn recover
             trace.notes["recovery_s"] = time.perf_counter() - trace.started
+        if item.delta is not None and item.delta.content:
+            self._spaced = item.delta.content[-1].isspace()
         self._event_ch.send_nowait(item)
         self._sent += 1
         return output
@@ -321,13 +439,13 @@ class StrategyStream(llm.LLMStream):
         user = last_user_message(self._chat_ctx)
         trace = TurnTrace(strategy=s.name, user_message_id=user.id if user else None)
         ctx, trace.history_dropped = trim_history(self._chat_ctx, s.prompt_budget)
-        turn = Turn(chat_ctx=ctx, tools=list(self._tools), conn_options=self._conn_options, trace=trace)
+        turn = Turn(chat_ctx=ctx, tools=list(self._tools), conn_options=self._conn_options, trace=trace, strategy=s)
         sent = False
         try:
             gen = s.generate(turn)
             async with contextlib.aclosing(gen):  # type: ignore[type-var]
                 while True:
-                    limit = s.options.chunk_timeout_s if sent else s.options.first_chunk_timeout_s
+                    limit = s.config.chunk_timeout_s if sent else s.config.first_chunk_timeout_s
                     try:
                         async with asyncio.timeout(limit):  # in this task: no task per chunk, unlike wait_for
                             item = await anext(gen)
@@ -347,7 +465,7 @@ class StrategyStream(llm.LLMStream):
         s = self._strategy
         trace.error_kind, trace.error, trace.partial = error_kind(e), str(e)[:500], sent
         log.warning("strategy %s turn %s failed: %s (%s)", s.name, trace.user_message_id, trace.error_kind, e)
-        if sent and (s.fallback is not None or s.options.apology):
+        if sent and not self._spaced and (s.fallback is not None or s.config.apology):
             await self._send(" ", trace)  # what follows a cut-off answer must not glue onto its last word
         if s.fallback is not None:
             trace.fallback = s.fallback.name
@@ -363,9 +481,9 @@ class StrategyStream(llm.LLMStream):
                 return
             except Exception as e2:
                 trace.notes["fallback_error"] = error_kind(e2)
-        if s.options.apology:
+        if s.config.apology:
             trace.fallback = trace.fallback or "apology"
-            await self._send(s.options.apology, trace)
+            await self._send(s.config.apology, trace)
             return
         raise APIConnectionError(f"strategy {s.name} failed: {trace.error_kind}", retryable=False) from e
 

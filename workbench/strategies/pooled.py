@@ -2,7 +2,8 @@
 
 AutoGen and AG2 each wrap an ``openai.AsyncOpenAI`` in a client of their own. Wrapping the stack's (one
 per endpoint and loop) lets them share warm connections with ``plain`` and every other LLM on the
-endpoint; the pool belongs to the stack and is released with it.
+endpoint; the pool belongs to the stack and is released with it. :class:`PooledStrategy` is the strategy
+base both frameworks' strategies share: their ``max_tokens`` key and the clients for the configured endpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from workbench.models import ModelStack, ResolvedEndpoint
+from workbench.strategies.base import Strategy, StrategyOptions
 
 W = TypeVar("W")
 
@@ -58,3 +60,22 @@ class PooledClients(Generic[W]):
 
     async def aclose(self) -> None:
         self.clear()
+
+
+class PooledStrategy(Strategy):
+    """A strategy whose agent framework reaches its endpoint through the stack's :class:`PooledClients`."""
+
+    clients_type: ClassVar[type[PooledClients[Any]]]
+
+    class Config(StrategyOptions):
+        max_tokens: int | None = None  # None: the endpoint's max_tokens
+
+    config: Config
+
+    def __init__(self, config: StrategyOptions | None = None, *, stack: ModelStack | None = None) -> None:
+        super().__init__(config, stack=stack)
+        self.clients = self.clients_type.for_stack(self.stack, self.endpoint)
+
+    async def aclose(self) -> None:
+        await self.clients.aclose()
+        await super().aclose()

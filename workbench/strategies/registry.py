@@ -1,7 +1,8 @@
 """Strategies registered by name and built from YAML-shaped config.
 
-``build("plain")`` or ``build({"kind": "rag", "top_k": 4, "fallback": "extractive"})``. Each
-strategy class declares a pydantic ``Config`` (its YAML keys) and ``from_config``.
+``build("plain")`` or ``build({"kind": "rag", "top_k": 4, "fallback": "extractive"})``. A strategy
+class declares its YAML keys as a pydantic ``Config``; the registry validates them and builds the
+strategy on a model stack, so a strategy never handles its own config, endpoint or fallback.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import Any
 import yaml
 
 from workbench.models import ModelStack
-from workbench.strategies.base import Strategy
+from workbench.strategies.base import Strategy, StrategyOptions
 
 REGISTRY: dict[str, type[Strategy]] = {}
+
+Spec = str | dict[str, Any] | Path
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
@@ -47,18 +50,32 @@ def _load_builtins() -> None:
         importlib.import_module(f"workbench.strategies.{module}")
 
 
-def build(spec: str | dict[str, Any] | Path, stack: ModelStack | None = None) -> Strategy:
-    """A strategy from a name, a config mapping, or a YAML file; fallbacks are built recursively."""
+def validate(spec: Spec) -> tuple[type[Strategy], str, StrategyOptions]:
+    """The class, name and validated config of ``spec`` and of the strategies nested in it, building nothing.
+
+    What :func:`build` and the worker's start-up check share: no model loads, so a bad file fails in milliseconds.
+    Raises ``KeyError`` for an unregistered kind and pydantic's ``ValidationError`` for a bad or unknown key.
+    """
     _load_builtins()
     if isinstance(spec, Path) or (isinstance(spec, str) and spec.endswith((".yaml", ".yml"))):
         spec = yaml.safe_load(Path(spec).read_text())
     config: dict[str, Any] = {"kind": spec} if isinstance(spec, str) else dict(spec)
     kind = config.pop("kind", None)
     if kind not in REGISTRY:
-        raise KeyError(f"unknown strategy {kind!r}; registered: {', '.join(sorted(REGISTRY))}")
+        raise KeyError(f"strategy kind {kind!r} is not registered (have: {', '.join(sorted(REGISTRY))})")
     cls = REGISTRY[kind]
-    name = config.pop("name", kind)
-    cfg = cls.Config.model_validate(config)  # type: ignore[attr-defined]
+    name = str(config.pop("name", kind))
+    cfg = cls.Config.model_validate(config)
+    for nested in ("fallback", "inner"):
+        if getattr(cfg, nested, None):
+            validate(getattr(cfg, nested))
+    return cls, name, cfg
+
+
+def build(spec: Spec, stack: ModelStack | None = None) -> Strategy:
+    """A strategy from a name, a config mapping, or a YAML file; fallbacks are built recursively."""
+    cls, name, cfg = validate(spec)
     stack = stack or ModelStack()
-    fallback = build(cfg.fallback, stack) if cfg.fallback else None
-    return cls.from_config(cfg, stack, name=name, fallback=fallback)  # type: ignore[attr-defined]
+    strategy = cls.from_config(cfg, stack)
+    strategy.bind(cfg, stack, name=name, fallback=build(cfg.fallback, stack) if cfg.fallback else None)
+    return strategy
