@@ -3,7 +3,7 @@
 Run by each stack's own interpreter, so it uses only the API both versions of the workbench have;
 ``benchmarks/test_bench_stacks.py`` runs it for both, interleaved, and reports medians and ratios.
 
-    python benchmarks/stack_figures.py overhead|throughput|first_turn|cold_start|v2v   # prints one JSON line
+    python benchmarks/stack_figures.py overhead|throughput|throughput_aiohttp|first_turn|cold_start|v2v
 """
 
 from __future__ import annotations
@@ -34,11 +34,14 @@ def write_dataset(root: Path, conversations: int, turns: int) -> Path:
     return root
 
 
-def scripted_stack(url: str, state_dir: Path) -> Any:
+def scripted_stack(url: str, state_dir: Path, transport: str | None = None) -> Any:
+    """A stack on the scripted endpoint; ``transport`` only where this version has the option (the previous
+    stack always used its own aiohttp transport)."""
     from workbench.config import EndpointConfig, WorkbenchConfig
     from workbench.models import ModelStack
 
-    cfg = EndpointConfig(kind="openai", base_url=url, model="m")
+    extra = {"transport": transport} if transport and "transport" in EndpointConfig.model_fields else {}
+    cfg = EndpointConfig(kind="openai", base_url=url, model="m", **extra)
     return ModelStack(WorkbenchConfig(llm=cfg, state_dir=state_dir))
 
 
@@ -82,7 +85,12 @@ async def overhead(tmp: Path, rounds: int = 15, turns: int = 12) -> dict[str, fl
     }
 
 
-async def throughput(tmp: Path, runs: int = 3) -> dict[str, float]:
+async def throughput_aiohttp(tmp: Path) -> dict[str, float]:
+    """:func:`throughput` with the endpoint's aiohttp transport (the previous stack's only one)."""
+    return await throughput(tmp, transport="aiohttp")
+
+
+async def throughput(tmp: Path, runs: int = 3, transport: str | None = None) -> dict[str, float]:
     """Turns per second through the whole runner at concurrency 16 (64 conversations x 4 turns), against an
     instant endpoint in its own process: the median of ``runs`` runs after a warm-up run."""
     from workbench.replay import Suite, arun, load_run
@@ -91,7 +99,7 @@ async def throughput(tmp: Path, runs: int = 3) -> dict[str, float]:
     ds = write_dataset(tmp / "ds", 64, 4)
     rates = []
     with EndpointProcess() as ep:
-        stack = scripted_stack(ep.base_url, tmp / "state")
+        stack = scripted_stack(ep.base_url, tmp / "state", transport)
         for k in range(runs + 1):
             t0 = time.perf_counter()
             res = await arun(Suite(dataset=ds, concurrency=16), runs_dir=tmp / f"r{k}", stack=stack, progress=False)
@@ -174,7 +182,7 @@ async def v2v(tmp: Path) -> dict[str, float]:
     return {"v2v_ms": float(df["v2v_s"].median() * 1000), "turns": float(len(df))}
 
 
-FIGURES = {f.__name__: f for f in (overhead, throughput, first_turn, cold_start, v2v)}
+FIGURES = {f.__name__: f for f in (overhead, throughput, throughput_aiohttp, first_turn, cold_start, v2v)}
 
 
 def main(argv: list[str]) -> int:

@@ -21,7 +21,14 @@ import pytest
 SCRIPT = Path(__file__).with_name("stack_figures.py")
 OLD_PYTHON = os.environ.get("OLD_PYTHON")
 # (figure, alternating rounds per stack): the real-time and embedded-model figures are slow
-FIGURES = [("overhead", 3), ("throughput", 3), ("first_turn", 3), ("cold_start", 3), ("v2v", 2)]
+FIGURES = [
+    ("overhead", 3),
+    ("throughput", 3),
+    ("throughput_aiohttp", 3),
+    ("first_turn", 3),
+    ("cold_start", 3),
+    ("v2v", 2),
+]
 
 pytestmark = pytest.mark.skipif(not OLD_PYTHON, reason="set OLD_PYTHON to the other stack's interpreter")
 

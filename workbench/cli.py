@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from workbench.config import ConfigError, load_config
+from workbench.core.run import resolve_runs_dir
 
 app = typer.Typer(
     help="DianaChat Workbench: compare LLM strategies for LiveKit voice agents on embedded models.",
@@ -28,6 +29,23 @@ console = Console() if sys.stdout.isatty() else Console(width=160)  # CI logs: n
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="YAML config (default: $WORKBENCH_CONFIG, else the embedded default)."),
+]
+
+
+def _runs_dir(value: Path | None) -> Path:
+    """``--runs-dir`` or the default, resolved once to an absolute path before the command runs."""
+    try:
+        return resolve_runs_dir(value)
+    except ConfigError as e:  # the default comes from the config: a broken one is a usage error, not a traceback
+        raise typer.BadParameter(f"config error: {e}") from e
+
+
+RunsDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Where run folders are (default: $WORKBENCH_RUNS_DIR, else the config's runs_dir: runs).",
+        callback=_runs_dir,
+    ),
 ]
 
 
@@ -83,7 +101,7 @@ def run_suite(
     suite: Annotated[Path | None, typer.Argument(help="Suite YAML (dataset, strategies, mode, repetitions).")] = None,
     resume: Annotated[str | None, typer.Option(help="Finish an interrupted run (its id or folder).")] = None,
     run_id: Annotated[str | None, typer.Option(help="Name the run folder (default: time-name-random).")] = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
+    runs_dir: RunsDirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     report: Annotated[
         bool, typer.Option("--report", help="Then score offline and write runs/<id>/report.html.")
@@ -190,7 +208,7 @@ def promote_cmd(
         bool, typer.Option("--force", help="Promote despite failing or missing evidence (recorded in the file).")
     ] = False,
     out: Annotated[Path, typer.Option(help="Promoted file to write.")] = Path("worker/promoted.yaml"),
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders are.")] = Path("runs"),
+    runs_dir: RunsDirOpt = None,
 ) -> None:
     """Check a strategy's gates in a run and write worker/promoted.yaml (strategy config + evidence) for the worker.
 
@@ -304,7 +322,7 @@ def score_cmd(
         str | None, typer.Option(help="Config endpoint that judges (adds ragas LLM metrics and LiveKit judges).")
     ] = None,
     scorers: Annotated[str | None, typer.Option(help="Comma-separated scorers (default: all).")] = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders are.")] = Path("runs"),
+    runs_dir: RunsDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Score a run's turns and store the columns beside it (runs/<id>/scores.parquet); re-scoring replaces."""
@@ -353,7 +371,7 @@ def report_cmd(
         str | None, typer.Option(help="Ranking: QUALITY[@LATENCY[:pNN]][<=BUDGET], e.g. fact_recall@v2v_s:p90<=1.5")
     ] = None,
     pass_threshold: Annotated[float, typer.Option(help="Fact recall a turn needs to pass.")] = 1.0,
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders are.")] = Path("runs"),
+    runs_dir: RunsDirOpt = None,
 ) -> None:
     """Write a self-contained HTML report: leaderboard, latency, quality, paired tests, worst turns with audio."""
     from rich.markup import escape
@@ -418,7 +436,7 @@ def eval_cmd(
     ] = None,
     run: Annotated[str | None, typer.Option(help="Check this finished run instead of running the suite.")] = None,
     run_id: Annotated[str | None, typer.Option(help="Name the new run folder (default: time-name-random).")] = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders are.")] = Path("runs"),
+    runs_dir: RunsDirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run a suite (or reuse --run), score it offline, check its gates and regressions; write runs/<id>/verdict.json.
@@ -466,7 +484,7 @@ def eval_cmd(
 @app.command("faults")
 def faults_cmd(
     suite: Annotated[Path, typer.Argument(help="Fault suite YAML (kind: faults).")] = Path("evals/faults.yaml"),
-    runs_dir: Annotated[Path, typer.Option(help="Where run folders go.")] = Path("runs"),
+    runs_dir: RunsDirOpt = None,
     run_id: Annotated[str | None, typer.Option(help="Name the run folder (default: time-name-random).")] = None,
 ) -> None:
     """Inject every fault (HTTP 500/429, refused, hang, cut, malformed SSE, trickle, STT, TTS) into every

@@ -54,7 +54,7 @@ class EndpointConfig(_Model):
     """An OpenAI-compatible chat endpoint; ``local`` means a llama.cpp server we manage."""
 
     kind: Literal["local", "openai"] = "local"
-    # local: GGUF alias ("smollm2", "qwen2.5-0.5b") or a path
+    # local: GGUF alias ("smollm2", "qwen2.5-coder-0.5b") or a path
     gguf: str = "smollm2"
     n_ctx: int = 2048
     n_threads: int = 2
@@ -139,7 +139,15 @@ class WorkbenchConfig(_Model):
     vad: VADConfig = Field(default_factory=VADConfig)
     turn: TurnConfig = Field(default_factory=TurnConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
-    state_dir: Path = Path(".workbench")  # server logs, indexes
+    state_dir: Path = Field(Path(".workbench"), validate_default=True)  # server logs, indexes, caches
+    runs_dir: Path = Field(Path("runs"), validate_default=True)  # run folders ($WORKBENCH_RUNS_DIR overrides it)
+
+    @field_validator("state_dir", "runs_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        """Resolved against the working directory when the config is loaded, not at each use, so a later
+        ``os.chdir`` (a notebook's) does not move them; manifests leave both out (they are this machine's)."""
+        return v.absolute()
 
     def endpoint(self, name: str | None = None) -> EndpointConfig:
         """The named endpoint; ``None`` or ``"default"`` is ``llm``."""

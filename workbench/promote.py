@@ -10,8 +10,6 @@ shared with ``workbench eval``), passed in as a parameter (:class:`GateEvaluator
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -30,6 +28,8 @@ from workbench.analysis.gates import check_gate as check_gate
 from workbench.analysis.gates import evaluate_gates as evaluate_gates
 from workbench.analysis.gates import parse_gates as parse_gates
 from workbench.analysis.stats import is_error as _is_error
+from workbench.core.io import atomic_write_text, jsonable
+from workbench.core.run import Run
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,21 +139,6 @@ class PromoteResult:
     forced: bool = False
 
 
-def _jsonable(v: Any) -> Any:
-    """Plain YAML-safe values (numpy scalars, NaN -> None, paths -> str)."""
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    if hasattr(v, "item") and not isinstance(v, str | bytes):
-        v = v.item()
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    if isinstance(v, Path):
-        return str(v)
-    return v
-
-
 _SKIP_NUMERIC = {"turn_index", "repetition", "history_dropped", "interruptions"}
 
 
@@ -245,10 +230,8 @@ def promote(
     Gates come from ``suite_path`` when given, else from the suite stored in the run's manifest. The
     strategy's config always comes from the run (what was measured is what ships).
     """
-    from workbench.replay.store import MANIFEST_FILE, RUNS_DIR, load_run, resolve_run
-
-    run_path = resolve_run(run, runs_dir or RUNS_DIR)
-    manifest = json.loads((run_path / MANIFEST_FILE).read_text())
+    measured = Run.load(run, runs_dir)
+    run_path, manifest = measured.path, measured.manifest
     run_suite: dict[str, Any] = dict(manifest.get("suite") or {})
     configured = dict(run_suite.get("strategies") or {})
     if strategy not in configured:
@@ -263,7 +246,7 @@ def promote(
         gate_suite, gates_source = run_suite, "run manifest"
     gate_suite = {**gate_suite, "strategies": {strategy: configured[strategy]}}
 
-    df = load_run(run_path)
+    df = measured.rows
     gates = [g for g in evaluate(df, manifest, gate_suite) if g.strategy == strategy]
 
     problems: list[str] = []
@@ -308,7 +291,7 @@ def promote(
         "suite": {
             "name": run_suite.get("name"),
             "gates_from": gates_source,
-            "gates": _jsonable(list(gate_suite.get("gates") or [])),
+            "gates": jsonable(list(gate_suite.get("gates") or [])),
         },
         "versions": manifest.get("versions"),
         "machine": manifest.get("machine"),
@@ -319,11 +302,11 @@ def promote(
         "problems": problems,
     }
     promoted = Promoted(
-        strategy=_jsonable(cfg),
+        strategy=jsonable(cfg),
         agent=_default_agent_spec(run_suite),
         config=manifest.get("workbench_config"),
-        measured_with=_jsonable(measured_with_from_manifest(manifest)),
-        evidence=_jsonable(evidence),
+        measured_with=jsonable(measured_with_from_manifest(manifest)),
+        evidence=jsonable(evidence),
     )
     path = Path(out)
     write_promoted(promoted, path)
@@ -341,6 +324,4 @@ def write_promoted(promoted: Promoted, path: Path) -> None:
         + "\n"
     )
     body = yaml.safe_dump(promoted.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=110)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(header + body)
-    os.replace(tmp, path)
+    atomic_write_text(path, header + body)

@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.core.io import atomic_write_json
+
 if TYPE_CHECKING:
     from workbench.config import EndpointConfig, WorkbenchConfig
 
@@ -134,9 +136,7 @@ def _write_cache(path: Path | None, cache: dict[str, Any]) -> None:
         return
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        atomic_write_json(path, cache, indent=1, sort_keys=True)
 
 
 def file_sha256(path: str | Path, state_dir: str | Path | None = None) -> str:
@@ -168,7 +168,7 @@ def _file_record(path: Path, state_dir: Path | None) -> dict[str, Any]:
 def _gguf_record(ep: EndpointConfig, state_dir: Path | None) -> dict[str, Any]:
     from workbench.models import assets
 
-    if ep.gguf == "qwen2.5-0.5b":
+    if ep.gguf in ("qwen2.5-coder-0.5b", "qwen2.5-0.5b"):
         # assembled from six packages on first use and verified against this pinned hash then; resolving
         # it here would assemble 400 MB before anything runs, so the pin stands for the file
         return {"gguf": ep.gguf, "sha256": assets.QWEN05_SHA256, "pinned": True}

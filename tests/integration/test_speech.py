@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from livekit.agents import vad
 
+from workbench.core.wer import wer
 from workbench.models.audio import frames_to_mono_f32, pcm_to_frames
-from workbench.scoring.wer import wer
 
 SENTENCE = "Our Main Street clinic opens at eight in the morning on weekdays."
 

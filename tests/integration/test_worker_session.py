@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from livekit.agents import llm
 
+from workbench.core.wer import wer
 from workbench.models.audio import frames_to_mono_f32
 from workbench.pipeline import DEFAULT_INSTRUCTIONS, SpeechTextConfig, speech_text_transform
 from workbench.promote import load_promoted, promote
 from workbench.replay.store import MANIFEST_FILE, TURNS_FILE, typed_frame
 from workbench.replay.voice import PlaybackSpeaker, RealtimeMicrophone, Utterance
-from workbench.scoring.wer import wer
 from workbench.strategies.builtin import PlainStrategy
 from workbench.worker import session_from_promoted
 

@@ -381,3 +381,12 @@ def test_an_unknown_yaml_key_is_a_clear_error(upstream: ScriptedEndpoint) -> Non
     with pytest.raises(KeyError, match="'polite-tset' is not registered"):
         validate({"kind": "polite-tset"})
     assert upstream.chat_requests == []
+
+
+def test_each_builtin_kind_is_registered_by_the_module_the_registry_names() -> None:
+    """``build("plain")`` imports only plain's module, so the map must name every built-in's real module."""
+    from workbench.strategies.registry import BUILTIN_MODULES, REGISTRY, _load_builtins
+
+    _load_builtins()
+    for kind, module in BUILTIN_MODULES.items():
+        assert REGISTRY[kind].__module__ == f"workbench.strategies.{module}", kind

@@ -1,6 +1,6 @@
 import pytest
 
-from workbench.scoring.wer import normalize_text, number_to_words, wer
+from workbench.core.wer import normalize_text, number_to_words, wer
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,6 @@ scored shows as an ``error`` verdict, never as a pass), so a latency-only suite 
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,13 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.analysis.gates import ERROR_RATE, Gate, GateResult, evaluate_gates, parse_gates
-from workbench.replay.store import MANIFEST_FILE, RUNS_DIR, resolve_run
+from workbench.core.io import atomic_write_json
+from workbench.core.run import VERDICT_FILE, Run, resolve_runs_dir
 from workbench.replay.suite import Suite, load_suite
 
 if TYPE_CHECKING:
     from workbench.models import ModelStack
 
-VERDICT_FILE = "verdict.json"
 VERDICT_FORMAT = 1
 
 
@@ -134,12 +132,8 @@ def _record_in_manifest(run_path: Path, verdict: Verdict) -> None:
 
 
 def write_verdict(verdict: Verdict) -> Path:
-    """``runs/<id>/verdict.json``, written atomically."""
-    path = Path(verdict.run_path) / VERDICT_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(verdict.to_dict(), indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """``<run folder>/verdict.json``, written atomically."""
+    return atomic_write_json(Path(verdict.run_path) / VERDICT_FILE, verdict.to_dict())
 
 
 def known_columns() -> set[str]:
@@ -155,7 +149,7 @@ def evaluate_run(
     suite: Suite | str | Path,
     *,
     baseline: str | Path | None = None,
-    runs_dir: Path = RUNS_DIR,
+    runs_dir: str | Path | None = None,
     stack: ModelStack | None = None,
     score: bool = True,
     write: bool = True,
@@ -169,7 +163,7 @@ def evaluate_run(
     gates = parse_gates(suite_obj.gates)
     if not gates:
         raise EvalError(f"suite {suite_obj.name!r} defines no gates: add a gates: list (see evals/README.md)")
-    run_path = resolve_run(run, runs_dir)
+    run_path = Run.load(run, runs_dir).path
     scored = load_scored(run_path)
     unknown = sorted(gate_columns(gates) - known_columns() - set(scored.df.columns))
     if unknown:
@@ -180,7 +174,7 @@ def evaluate_run(
     base_path = None
     if baseline is not None:
         try:
-            base_path = resolve_run(baseline, runs_dir)
+            base_path = Run.load(baseline, runs_dir).path
         except FileNotFoundError as e:
             raise EvalError(f"baseline: {e}") from e
         if base_path.resolve() == run_path.resolve():
@@ -227,7 +221,7 @@ def run_eval(
     run: str | Path | None = None,
     baseline: str | Path | None = None,
     run_id: str | None = None,
-    runs_dir: Path = RUNS_DIR,
+    runs_dir: str | Path | None = None,
     stack: ModelStack | None = None,
     progress: bool = False,
 ) -> Verdict:
@@ -241,18 +235,18 @@ def run_eval(
     from workbench.replay import run as replay_run
     from workbench.replay.faults import is_fault_suite, run_fault_eval
 
+    runs_dir = resolve_runs_dir(runs_dir)
     if run is None and not isinstance(suite, Suite) and is_fault_suite(suite):  # scripted endpoint, fake speech
         return run_fault_eval(suite, baseline=baseline, run_id=run_id, runs_dir=runs_dir)
     if run is not None and not isinstance(suite, Suite) and is_fault_suite(suite):  # the replay suite it ran
-        manifest = json.loads((resolve_run(run, runs_dir) / MANIFEST_FILE).read_text())
-        suite_obj, suite_path = Suite.model_validate(manifest["suite"]), str(suite)
+        suite_obj, suite_path = Suite.model_validate(Run.load(run, runs_dir).manifest["suite"]), str(suite)
     else:
         suite_obj, suite_path = _suite(suite)
     if not suite_obj.gates:
         raise EvalError(f"suite {suite_obj.name!r} defines no gates: add a gates: list (see evals/README.md)")
     if baseline is not None:
         try:
-            resolve_run(baseline, runs_dir)  # fail before spending minutes on the run
+            Run.load(baseline, runs_dir)  # fail before spending minutes on the run
         except FileNotFoundError as e:
             raise EvalError(f"baseline: {e}") from e
     own = stack is None
@@ -262,7 +256,7 @@ def run_eval(
             result = replay_run(suite_obj, run_id=run_id, runs_dir=runs_dir, stack=stack, progress=progress)
             run = result.path
         else:
-            status = json.loads((resolve_run(run, runs_dir) / MANIFEST_FILE).read_text()).get("status")
+            status = Run.load(run, runs_dir).status
             if status not in (None, "complete"):
                 raise EvalError(f"run {run} is {status!r}, not complete: finish it with `workbench run --resume` first")
         return evaluate_run(run, suite_obj, baseline=baseline, runs_dir=runs_dir, stack=stack, suite_path=suite_path)

@@ -23,7 +23,8 @@ from workbench.analysis import plots
 from workbench.analysis.compare import LATENCY_COLUMNS, Comparison, Objective, compare, ensure_fact_recall, passed
 from workbench.analysis.stats import score_columns
 from workbench.core.cells import as_list, as_text
-from workbench.replay.store import RUNS_DIR
+from workbench.core.io import atomic_write_text
+from workbench.core.run import REPORT_FILE
 from workbench.scoring.judge import judged_columns
 from workbench.scoring.persist import ScoredRun, load_scored
 from workbench.versions import stack_differences
@@ -427,19 +428,16 @@ def build_report(
     *,
     vs: str | Path | None = None,
     out: str | Path | None = None,
-    runs_dir: Path = RUNS_DIR,
+    runs_dir: str | Path | None = None,
     **kwargs: Any,
 ) -> Path:
-    """Write the report for ``run`` (default ``runs/<id>/report.html``) and return its path."""
+    """Write the report for ``run`` (default ``<run folder>/report.html``) and return its path."""
     scored = load_scored(run, runs_dir)
     other = load_scored(vs, runs_dir) if vs is not None else None
     text = render_report(scored, other=other, **kwargs)
-    path = Path(out) if out is not None else scored.path / "report.html"
+    path = Path(out) if out is not None else scored.path / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, text)
 
 
 __all__ = ["PLOT_IDS", "build_report", "render_report", "worst_turns"]

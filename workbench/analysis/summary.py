@@ -5,16 +5,18 @@ from __future__ import annotations
 import pandas as pd
 
 from workbench.analysis.stats import is_error, score_columns
+from workbench.core.metrics import metric
 
 
 def run_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per strategy x mode: turns, median and p90 time to first chunk and voice-to-voice, error rate, answer words.
 
-    Then the mean of every score the rows hold (a run is scored after it is summarised, so usually only ``wer``).
+    Then the mean of each headline score the rows hold (``Metric.headline``: fact recall, semantic similarity,
+    WER, and any a user's scorer marks); ``compare()`` and the report show every score.
     """
     if df.empty:
         return pd.DataFrame()
-    scores = score_columns(df)
+    scores = [c for c in score_columns(df) if (m := metric(c)) is not None and m.headline]
     d = df.assign(
         answer_words=df["answer"].fillna("").astype(str).str.split().str.len(),
         is_error=is_error(df),

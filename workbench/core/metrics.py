@@ -25,6 +25,7 @@ class Metric:
     unit: str
     direction: Direction | None
     meaning: str = ""
+    headline: bool = False  # shown in the one-screen run summary (keep it to a few, or the table wraps)
 
     def __post_init__(self) -> None:
         if self.direction is not None and self.direction not in DIRECTIONS:

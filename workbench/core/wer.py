@@ -1,4 +1,7 @@
-"""Word error rate with number and case normalisation ("8" and "eight" are the same word)."""
+"""Word error rate with number and case normalisation ("8" and "eight" are the same word).
+
+A pure text function: the model doctor, the voice harness and the WER scorer all use this one definition.
+"""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workbench.core.types import Passage
 from workbench.knowledge.chunking import (
     KnowledgeError,
     SourceDoc,
@@ -36,7 +37,6 @@ from workbench.knowledge.chunking import (
     splitter_settings,
 )
 from workbench.knowledge.embedding import Embedder, MiniLMEmbedding
-from workbench.strategies.base import Passage
 
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex

@@ -68,7 +68,7 @@ async def _check_tts(stack: ModelStack, kind: str) -> tuple[Check, list]:
 
 
 async def _check_stt(stack: ModelStack, frames: list) -> Check:
-    from workbench.scoring.wer import wer
+    from workbench.core.wer import wer
 
     stt, load = _timed(stack.stt)
     pcm = frames_to_mono_f32(frames, 16000)

@@ -1,7 +1,8 @@
 """``workbench run``: every strategy x mode x voice x conversation x repetition, bounded and resumable.
 
 Rows are appended to the run folder the moment each turn finishes (see :mod:`workbench.replay.store`);
-``resume`` skips finished turns and continues a half-finished conversation from its stored history.
+``resume`` skips finished turns and continues a half-finished conversation from its stored history,
+and ``reuse`` hands back the newest complete run of the same suite instead of replaying it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import dataclasses
 import gc
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +22,10 @@ from typing import Any
 import pandas as pd
 
 from workbench.config import load_config
+from workbench.core.aio import run_sync
+from workbench.core.run import Run, list_runs, resolve_runs_dir
 from workbench.models import ModelStack
-from workbench.replay.store import RUNS_DIR, RunStore, environment_info, new_run_id, read_rows, resolve_run
+from workbench.replay.store import RunStore, environment_info, new_run_id, read_rows
 from workbench.replay.suite import Selection, Suite, load_suite
 from workbench.replay.text import history_from_rows, replay_text
 from workbench.strategies import REGISTRY, Strategy, build
@@ -52,9 +56,8 @@ class RunResult:
     skipped: int
 
     def load(self) -> pd.DataFrame:
-        from workbench.replay.store import load_run
-
-        return load_run(self.path)
+        """The run's turn table (``Run.load(path).rows``)."""
+        return Run.load(self.path).rows
 
 
 def select(conversations: list[Any], sel: Selection | None) -> list[Any]:
@@ -119,17 +122,52 @@ async def _warm_up(strategies: Any) -> None:
             log.warning("warm-up of %s failed: %s", s.name, e)
 
 
+@contextmanager
+def _heap_frozen() -> Iterator[None]:
+    """Move what is loaded (models, indexes, libraries) out of the collector's way for the measured turns, so
+    a full collection walking it does not pause a turn mid-measurement (0.1-0.45 s seen under load), and hand
+    it back afterwards: a frozen object is never collected, and a notebook kernel outlives many runs."""
+    if gc.get_freeze_count():  # someone else froze the heap (another run in this process): theirs to undo
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _reusable(suite: Suite, runs_dir: Path) -> RunResult | None:
+    """The newest complete run of exactly this suite in ``runs_dir``, if there is one."""
+    same = suite.model_dump(mode="json")
+    done = list_runs(runs_dir, filter=lambda r: r.status == "complete" and r.manifest.get("suite") == same)
+    if not done:
+        return None
+    return RunResult(done[0].run_id, done[0].path, 0, int(done[0].manifest.get("rows") or 0))
+
+
 def run(
     suite: Suite | str | Path,
     *,
     resume: str | Path | None = None,
     run_id: str | None = None,
-    runs_dir: Path = RUNS_DIR,
+    runs_dir: str | Path | None = None,
     stack: ModelStack | None = None,
     progress: bool = True,
+    reuse: bool = False,
 ) -> RunResult:
-    """Run a suite (or finish an interrupted run with ``resume=RUN_ID``) and return where its rows are."""
-    return asyncio.run(arun(suite, resume=resume, run_id=run_id, runs_dir=runs_dir, stack=stack, progress=progress))
+    """Run a suite (or finish an interrupted run with ``resume=RUN_ID``) and return where its rows are.
+
+    Works from scripts and from inside a running event loop (Jupyter): there the run gets its own loop
+    in a thread (:func:`workbench.core.aio.run_sync`). See :func:`arun` for the arguments.
+    """
+    return run_sync(
+        lambda: arun(
+            suite, resume=resume, run_id=run_id, runs_dir=runs_dir, stack=stack, progress=progress, reuse=reuse
+        ),
+        name="workbench-run",
+    )
 
 
 async def arun(
@@ -137,22 +175,32 @@ async def arun(
     *,
     resume: str | Path | None = None,
     run_id: str | None = None,
-    runs_dir: Path = RUNS_DIR,
+    runs_dir: str | Path | None = None,
     stack: ModelStack | None = None,
     progress: bool = True,
+    reuse: bool = False,
 ) -> RunResult:
+    """Replay ``suite`` into a new run folder under ``runs_dir`` (default: :func:`resolve_runs_dir`'s).
+
+    ``resume``: a run id or folder to finish instead. ``reuse``: when ``runs_dir`` already holds a complete
+    run of exactly this suite, return the newest such run and replay nothing. ``stack``: a model stack to
+    share (closed by the caller); by default one is built from the suite's config and closed at the end.
+    """
     from workbench.replay.dataset import load_dataset
 
+    runs_dir = resolve_runs_dir(runs_dir)
     if resume is not None:
-        path = resolve_run(resume, runs_dir)
+        path = Run.load(resume, runs_dir).path
         store = RunStore(path)
         manifest = store.read_manifest()
         suite = Suite.model_validate(manifest["suite"])
         run_id = manifest["run_id"]
     else:
         suite = suite if isinstance(suite, Suite) else load_suite(suite)
+        if reuse and (done := _reusable(suite, runs_dir)) is not None:
+            return done
         run_id = run_id or new_run_id(suite.name)
-        path = Path(runs_dir) / run_id
+        path = runs_dir / run_id
         store = RunStore(path)
     dataset = load_dataset(suite.dataset)
     for problem in dataset.problems:  # reported in the manifest; the valid conversations still run
@@ -169,7 +217,8 @@ async def arun(
                 "dataset": str(Path(suite.dataset).resolve()),
                 "suite": suite.model_dump(mode="json"),
                 "dataset_problems": [dataclasses.asdict(p) for p in dataset.problems],
-                "workbench_config": stack.config.model_dump(mode="json"),  # key *names* only, never values
+                # key *names* only, never values; without this machine's folders, which a promoted file must not carry
+                "workbench_config": stack.config.model_dump(mode="json", exclude={"state_dir", "runs_dir"}),
                 **environment_info(stack.config),
             }
         )
@@ -253,15 +302,12 @@ async def arun(
         voice_jobs = [j for j in jobs if j.mode == "voice"]
         concurrency = suite.concurrency or (1 if stack.config.llm.kind == "local" else 8)
         await _warm_up(strategies.values())
-        # models, indexes and libraries are loaded: move them out of the collector's way, so a full
-        # collection walking them does not pause a turn mid-measurement (0.1-0.45 s seen under load)
-        gc.collect()
-        gc.freeze()
-        sem = asyncio.Semaphore(max(1, concurrency))
-        await asyncio.gather(*(do(j, sem) for j in text_jobs))
-        if voice_jobs:  # after text: CPU-heavy voice sessions must not distort text latencies (or each other's)
-            vsem = asyncio.Semaphore(max(1, suite.voice.concurrency))
-            await asyncio.gather(*(do(j, vsem) for j in voice_jobs))
+        with _heap_frozen():
+            sem = asyncio.Semaphore(max(1, concurrency))
+            await asyncio.gather(*(do(j, sem) for j in text_jobs))
+            if voice_jobs:  # after text: CPU-heavy voice sessions must not distort text latencies (or each other's)
+                vsem = asyncio.Semaphore(max(1, suite.voice.concurrency))
+                await asyncio.gather(*(do(j, vsem) for j in voice_jobs))
         rows = store.compact()
         store.update_manifest(status="complete", finished_at=datetime.now(UTC).isoformat(), rows=rows)
     except BaseException:

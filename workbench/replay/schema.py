@@ -65,9 +65,9 @@ KEY = ("strategy", "mode", "voice", "conversation_id", "turn_index", "repetition
 """The columns that identify a row: resume skips rows whose key is already stored."""
 
 
-def _measured(name: str, label: str, unit: str, direction: Direction | None) -> Metric:
+def _measured(name: str, label: str, unit: str, direction: Direction | None, headline: bool = False) -> Metric:
     """A measured column's metric; its meaning is the column's own description above."""
-    return Metric(name, label, unit, direction, COLUMNS[name][1])
+    return Metric(name, label, unit, direction, COLUMNS[name][1], headline)
 
 
 MEASURED: tuple[Metric, ...] = (
@@ -79,7 +79,7 @@ MEASURED: tuple[Metric, ...] = (
     _measured("history_dropped", "history items dropped", "items", "lower"),
     _measured("speech_end_s", "end of user speech", "s", None),  # a property of the recording
     _measured("eou_delay_s", "end of turn", "s", "lower"),
-    _measured("wer", "word error rate", "", "lower"),
+    _measured("wer", "word error rate", "", "lower", headline=True),
     _measured("stt_s", "STT final", "s", "lower"),
     _measured("tts_ttfb_s", "TTS first audio", "s", "lower"),
     _measured("v2v_s", "voice to voice", "s", "lower"),

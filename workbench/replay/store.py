@@ -1,17 +1,17 @@
 """Durable run folders: ``runs/<run-id>/`` with a manifest and turn rows that survive a crash.
 
 Each finished turn is appended to a journal (one JSON line, flushed) the moment it finishes, and
-the journal is compacted into Parquet atomically (write to a temporary file, then rename), so a
-run killed at any instant leaves either the old or the new Parquet, never half of one. Readers
+the journal is compacted into Parquet atomically (:mod:`workbench.core.io`), so a run killed at
+any instant leaves either the old or the new Parquet, never half of one. Readers
 merge Parquet and journal and keep the last row per key, so a resumed run has exactly the rows an
-uninterrupted run has. One process writes a run at a time (an OS file lock).
+uninterrupted run has. One process writes a run at a time (an OS file lock). The folder's file
+names and the reader (:class:`workbench.core.run.Run`) are in :mod:`workbench.core.run`.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import platform
 import subprocess
@@ -19,19 +19,18 @@ import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
+from workbench.config import WorkbenchConfig
+from workbench.core.io import atomic_file, atomic_write_json, jsonable
+from workbench.core.run import JOURNAL_FILE, MANIFEST_FILE, TURNS_FILE, Run
 from workbench.replay.schema import COLUMNS, KEY
 
-if TYPE_CHECKING:
-    from workbench.config import WorkbenchConfig
-
-RUNS_DIR = Path("runs")
-TURNS_FILE = "turns.parquet"
-JOURNAL_FILE = "turns.jsonl"
-MANIFEST_FILE = "manifest.json"
+RUNS_DIR: Path = WorkbenchConfig.model_fields["runs_dir"].default
+"""The configured default as written (relative); entry points resolve theirs with
+:func:`workbench.core.run.resolve_runs_dir`, which also reads ``$WORKBENCH_RUNS_DIR``."""
 
 
 class RunLockedError(RuntimeError):
@@ -43,30 +42,9 @@ def new_run_id(name: str = "run") -> str:
     return f"{stamp}-{name}-{uuid.uuid4().hex[:6]}"
 
 
-def resolve_run(run: str | Path, runs_dir: Path = RUNS_DIR) -> Path:
-    """A run id (under ``runs/``) or a path to a run folder."""
-    p = Path(run)
-    for candidate in (p, runs_dir / p):
-        if (candidate / MANIFEST_FILE).exists():
-            return candidate
-    raise FileNotFoundError(f"no run {str(run)!r}: expected {runs_dir / p}/{MANIFEST_FILE}")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    return v
+def resolve_run(run: str | Path, runs_dir: str | Path | None = None) -> Path:
+    """A run id (under ``runs_dir``) or a path to a run folder: :meth:`workbench.core.run.Run.load`'s folder."""
+    return Run.load(run, runs_dir).path
 
 
 def typed_frame(rows: list[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
@@ -118,7 +96,7 @@ class RunStore:
 
     # -- manifest -------------------------------------------------------------------
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        _atomic_write_bytes(self.path / MANIFEST_FILE, json.dumps(manifest, indent=2, default=str).encode())
+        atomic_write_json(self.path / MANIFEST_FILE, manifest)
 
     def read_manifest(self) -> dict[str, Any]:
         return json.loads((self.path / MANIFEST_FILE).read_text())
@@ -131,7 +109,7 @@ class RunStore:
     # -- rows -----------------------------------------------------------------------
     def append(self, row: dict[str, Any]) -> None:
         """Durable as soon as it returns (the OS has the line even if this process is killed)."""
-        line = json.dumps({k: _jsonable(v) for k, v in row.items()}, default=str)
+        line = json.dumps(jsonable(row), default=str)
         with self._mutex:
             self._journal.write(line + "\n")
             self._journal.flush()
@@ -142,11 +120,8 @@ class RunStore:
             self._journal.flush()
             df = read_rows(self.path)
             if not df.empty:
-                tmp = self.path / f".{TURNS_FILE}.{os.getpid()}.tmp"
-                df.to_parquet(tmp, index=False)
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path / TURNS_FILE)
+                with atomic_file(self.path / TURNS_FILE) as f:
+                    df.to_parquet(f, index=False)
             self._journal.truncate(0)
             self._journal.seek(0)
             return len(df)
@@ -199,16 +174,9 @@ def read_rows(path: Path) -> pd.DataFrame:
     return typed_frame(df).sort_values(list(KEY), kind="stable").reset_index(drop=True)
 
 
-def load_run(run: str | Path, runs_dir: Path = RUNS_DIR) -> pd.DataFrame:
-    """One row per strategy x conversation x turn x repetition (columns: ``workbench.replay.schema.COLUMNS``)."""
-    path = resolve_run(run, runs_dir)
-    df = read_rows(path)
-    scores = path / "scores.parquet"
-    if scores.exists() and not df.empty:
-        extra = pd.read_parquet(scores)  # `workbench score` output: its columns win over the harness's
-        df = df.drop(columns=[c for c in extra.columns if c in df.columns and c not in KEY])
-        df = df.merge(extra, on=list(KEY), how="left")
-    return df
+def load_run(run: str | Path, runs_dir: str | Path | None = None) -> pd.DataFrame:
+    """One row per strategy x conversation x turn x repetition, scores included: ``Run.load(run).rows``."""
+    return Run.load(run, runs_dir).rows
 
 
 def environment_info(config: WorkbenchConfig | None = None) -> dict[str, Any]:

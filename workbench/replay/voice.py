@@ -24,10 +24,10 @@ from livekit import rtc
 from livekit.agents import llm
 from livekit.agents.voice import io
 
+from workbench.core.wer import wer
 from workbench.models import ModelStack
 from workbench.pipeline import build_agent, build_session
 from workbench.replay.text import dataset_row, trace_columns
-from workbench.scoring.wer import wer
 from workbench.strategies.base import Strategy
 
 RATE = 16000

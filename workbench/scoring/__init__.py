@@ -7,6 +7,7 @@ next to the run. See :mod:`workbench.scoring.base` for the registry and :mod:`.o
 """
 
 from workbench.core.metrics import Metric
+from workbench.core.wer import normalize_text, wer
 from workbench.scoring.base import (
     SCORERS,
     ScoreContext,
@@ -18,7 +19,6 @@ from workbench.scoring.base import (
     scorer,
 )
 from workbench.scoring.facts import canonical_tokens, fact_mentioned, fact_recall, missed_facts
-from workbench.scoring.wer import normalize_text, wer
 
 __all__ = [
     "SCORERS",

@@ -11,20 +11,19 @@ has a recorded reason, and a present one is never a placeholder.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
-import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
-from workbench.core.cells import as_list as as_list  # re-exported: scorers import the cell helpers from here
+from workbench.core.aio import run_sync as run_sync  # re-exported: scorers import their helpers from here
+from workbench.core.cells import as_list as as_list
 from workbench.core.cells import as_text as as_text
 from workbench.core.metrics import Metric, declare
 
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
     from workbench.scoring.judge import JudgeLLM
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 class ScoreContext:
@@ -186,31 +183,6 @@ class ScoreReport:
     def missing(self) -> dict[str, str]:
         """Scorer name -> why its columns are absent."""
         return {o.name: o.reason or o.status for o in self.outcomes if o.status != "ok"}
-
-
-def run_sync(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine from sync code, also when the caller is inside an event loop (Jupyter).
-
-    Takes a factory so the coroutine is created on the loop that runs it.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(factory())
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(factory())
-        except BaseException as e:  # re-raised in the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=target, name="workbench-scoring")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def _resolve_names(names: Iterable[str] | None) -> list[str]:

@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ import httpx2
 import pandas as pd
 
 from workbench.core.cells import as_list, as_text
+from workbench.core.io import atomic_write_json
 from workbench.core.metrics import METRICS, Metric
 from workbench.scoring.base import ScoreContext, Scorer, available_scorers, run_sync, scorer
 
@@ -71,9 +71,7 @@ class JudgeCache:
         p = self._path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
         entry = {"content_type": content_type, "body": body.decode("utf-8", "replace"), "request": request}
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(entry), encoding="utf-8")
-        os.replace(tmp, p)
+        atomic_write_json(p, entry, indent=None)
 
 
 class CachingTransport(httpx2.AsyncBaseTransport):

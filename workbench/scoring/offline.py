@@ -20,18 +20,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from workbench.core.aio import run_sync
 from workbench.core.cells import as_list, as_text
 from workbench.core.metrics import Metric
-from workbench.scoring.base import ScoreContext, Scorer, run_sync, scorer
+from workbench.core.wer import wer
+from workbench.scoring.base import ScoreContext, Scorer, scorer
 from workbench.scoring.facts import fact_recall, missed_facts
-from workbench.scoring.wer import wer
 
 NAN = float("nan")
 
 
 def ragas_metrics() -> Any:
-    """Import ``ragas.metrics`` with analytics off (ragas posts usage events unless told not to)."""
-    os.environ["RAGAS_DO_NOT_TRACK"] = "true"
+    """Import ``ragas.metrics`` with analytics off (ragas posts usage events unless told not to).
+
+    ``RAGAS_DO_NOT_TRACK`` is set for the whole process, when scoring first uses ragas and only if you have
+    not set it yourself, rather than around each call: ragas has no API for it, reads the variable when a
+    background thread sends its batched events (after any such scope has ended) and caches the first answer.
+    """
+    os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
     import warnings
 
     import ragas.metrics
@@ -84,7 +90,7 @@ class SemanticScorer(Scorer):
     """Cosine similarity of MiniLM embeddings (answer vs reference): paraphrases score high."""
 
     metrics = (
-        Metric("semantic_similarity", "semantic similarity", "", "higher", "MiniLM cosine, answer vs reference"),
+        Metric("semantic_similarity", "semantic similarity", "", "higher", "MiniLM cosine, answer vs reference", True),
     )
     description = "all-MiniLM-L6-v2 cosine similarity, answer vs reference"
 
@@ -110,7 +116,9 @@ class FactScorer(Scorer):
     """Must-mention fact recall with number, time, money and date normalisation (see scoring.facts)."""
 
     metrics = (
-        Metric("fact_recall", "fact recall", "", "higher", "share of the turn's must-mention facts the answer states"),
+        Metric(
+            "fact_recall", "fact recall", "", "higher", "share of the turn's must-mention facts the answer states", True
+        ),
         Metric("facts_missed", "facts missed", "", None, "list of the must-mention facts the answer leaves out"),
     )
     description = "share of the turn's must-mention facts the answer states (NaN when it has none)"

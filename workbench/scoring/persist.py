@@ -8,8 +8,6 @@ scorer what it added or why it added nothing.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,11 +16,10 @@ from typing import Any
 
 import pandas as pd
 
+from workbench.core.io import atomic_file, atomic_write_json
+from workbench.core.run import SCORES_FILE, SCORES_META, Run
 from workbench.replay.schema import KEY
-from workbench.replay.store import MANIFEST_FILE, RUNS_DIR, read_rows, resolve_run
-
-SCORES_FILE = "scores.parquet"
-SCORES_META = "scores.json"
+from workbench.replay.store import read_rows
 
 
 @dataclass
@@ -44,36 +41,16 @@ class ScoredRun:
         return Path(d) if d else None
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def read_scoring(path: Path) -> dict[str, Any]:
-    meta = path / SCORES_META
-    if not meta.exists():
-        return {}
-    return json.loads(meta.read_text(encoding="utf-8"))
-
-
-def load_scored(run: str | Path, runs_dir: Path = RUNS_DIR) -> ScoredRun:
+def load_scored(run: str | Path, runs_dir: str | Path | None = None) -> ScoredRun:
     """Rows + scores (stored score columns replace same-named turn columns, e.g. a re-computed ``wer``)."""
-    path = resolve_run(run, runs_dir)
-    df = read_rows(path)
-    scores = path / SCORES_FILE
-    if scores.exists() and not df.empty:
-        extra = pd.read_parquet(scores)
-        cols = [c for c in extra.columns if c not in KEY]
-        df = df.drop(columns=[c for c in cols if c in df.columns]).merge(extra, on=list(KEY), how="left")
-    manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-    return ScoredRun(path, df, manifest, read_scoring(path))
+    r = Run.load(run, runs_dir)
+    return ScoredRun(r.path, r.rows, r.manifest, r.scoring)
 
 
 def write_scores(path: Path, scored: pd.DataFrame, scoring: dict[str, Any]) -> Path:
     """Store the columns the scorers in ``scoring`` produced, replacing theirs and keeping other scorers'."""
     path = Path(path)
-    old_meta = read_scoring(path)
+    old_meta = Run(path).scoring
     outcomes = scoring.get("scorers", [])
     touched = {o["name"] for o in outcomes}
     old_cols_by_scorer = {s["name"]: s.get("columns", []) for s in old_meta.get("scorers", [])}
@@ -87,7 +64,8 @@ def write_scores(path: Path, scored: pd.DataFrame, scoring: dict[str, Any]) -> P
         keep = [c for c in old.columns if c not in KEY and c not in drop and c not in new_cols]
         if keep:
             frame = frame.merge(old[list(KEY) + keep], on=list(KEY), how="left")
-    _atomic_write(old_file, lambda tmp: frame.to_parquet(tmp, index=False))
+    with atomic_file(old_file) as f:
+        frame.to_parquet(f, index=False)
 
     merged = {s["name"]: s for s in old_meta.get("scorers", [])}
     merged.update({o["name"]: o for o in outcomes})
@@ -98,7 +76,7 @@ def write_scores(path: Path, scored: pd.DataFrame, scoring: dict[str, Any]) -> P
         # the judge that produced the judge columns now stored
         "judge": old_meta.get("judge") if touched.isdisjoint(_judge_scorers()) else scoring.get("judge"),
     }
-    _atomic_write(path / SCORES_META, lambda tmp: tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8"))
+    atomic_write_json(path / SCORES_META, meta)
     return old_file
 
 
@@ -114,7 +92,7 @@ def score_run_folder(
     judge_endpoint: str | None = None,
     *,
     config_path: str | Path | None = None,
-    runs_dir: Path = RUNS_DIR,
+    runs_dir: str | Path | None = None,
     stack: Any = None,
 ) -> tuple[Path, dict[str, Any]]:
     """``workbench score``: score a stored run and write ``scores.parquet``/``scores.json`` beside it."""
@@ -123,12 +101,12 @@ def score_run_folder(
     from workbench.scoring.base import score_run
     from workbench.scoring.judge import JudgeLLM
 
-    path = resolve_run(run, runs_dir)
+    target = Run.load(run, runs_dir)
+    path = target.path
     df = read_rows(path)
     if df.empty:
         raise ValueError(f"run {path.name} has no turn rows to score")
-    manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-    dataset = manifest.get("dataset")
+    dataset = target.manifest.get("dataset")
     own = stack is None
     stack = stack or ModelStack(load_config(config_path))
     try:

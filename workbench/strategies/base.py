@@ -20,7 +20,7 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import httpx2
@@ -37,6 +37,7 @@ from livekit.agents.llm import ChatContext, ChatMessage
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from workbench.core.types import Passage, TurnTrace
 from workbench.models.session import SessionHandles
 
 if TYPE_CHECKING:
@@ -69,33 +70,6 @@ class StrategyOptions(BaseModel):
                 f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (the keys are: {keys})"
             )
         return data
-
-
-@dataclass
-class Passage:
-    """A retrieved passage travelling with the turn, so the harness can score retrieval."""
-
-    text: str
-    source: str
-    score: float
-
-
-@dataclass
-class TurnTrace:
-    """What happened in one turn, for the harness: retrieval, fault, fallback, timing."""
-
-    strategy: str
-    user_message_id: str | None
-    started: float = field(default_factory=time.perf_counter)
-    first_chunk_s: float | None = None
-    total_s: float | None = None
-    contexts: list[Passage] = field(default_factory=list)
-    error_kind: str | None = None
-    error: str | None = None
-    fallback: str | None = None  # strategy name or "apology"
-    partial: bool = False  # the fault came after some text was already spoken
-    history_dropped: int = 0
-    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def error_kind(e: BaseException) -> str:

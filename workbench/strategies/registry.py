@@ -42,11 +42,29 @@ def available() -> dict[str, str]:
     return {k: (c.__doc__ or "").strip().splitlines()[0] for k, c in sorted(REGISTRY.items())}
 
 
-def _load_builtins() -> None:
-    """Importing a strategy module registers its strategies."""
+BUILTIN_MODULES = {
+    "plain": "builtin",
+    "extractive": "rag",
+    "rag": "rag",
+    "rag_middleware": "rag",
+    "hybrid": "agents",
+    "autogen": "agents",
+    "multi_agent": "agents",
+    "ag2": "ag2",
+    "ag2_team": "ag2",
+}
+"""Which module registers each built-in kind: building one imports only its module (AG2 and AutoGen
+cost about a second of start-up that ``plain`` does not need)."""
+
+
+def _load_builtins(kind: str | None = None) -> None:
+    """Importing a strategy module registers its strategies: ``kind``'s module, or all of them."""
     import importlib
 
-    for module in ("builtin", "rag", "agents", "ag2"):
+    modules = {BUILTIN_MODULES[kind]} if kind in BUILTIN_MODULES else set(BUILTIN_MODULES.values())
+    if kind is not None and kind not in BUILTIN_MODULES and kind in REGISTRY:
+        return  # a user's strategy, already registered
+    for module in sorted(modules):
         importlib.import_module(f"workbench.strategies.{module}")
 
 
@@ -56,11 +74,11 @@ def validate(spec: Spec) -> tuple[type[Strategy], str, StrategyOptions]:
     What :func:`build` and the worker's start-up check share: no model loads, so a bad file fails in milliseconds.
     Raises ``KeyError`` for an unregistered kind and pydantic's ``ValidationError`` for a bad or unknown key.
     """
-    _load_builtins()
     if isinstance(spec, Path) or (isinstance(spec, str) and spec.endswith((".yaml", ".yml"))):
         spec = yaml.safe_load(Path(spec).read_text())
     config: dict[str, Any] = {"kind": spec} if isinstance(spec, str) else dict(spec)
     kind = config.pop("kind", None)
+    _load_builtins(kind if isinstance(kind, str) else None)
     if kind not in REGISTRY:
         raise KeyError(f"strategy kind {kind!r} is not registered (have: {', '.join(sorted(REGISTRY))})")
     cls = REGISTRY[kind]
