@@ -27,7 +27,7 @@ FIGURES = [
     ("throughput_aiohttp", 3),
     ("first_turn", 3),
     ("cold_start", 3),
-    ("v2v", 2),
+    ("v2v", 3),
 ]
 
 pytestmark = pytest.mark.skipif(not OLD_PYTHON, reason="set OLD_PYTHON to the other stack's interpreter")
