@@ -493,13 +493,18 @@ def faults_cmd(
 
     from workbench.replay.faults import run_faults
 
-    for name in ("livekit.agents", "workbench.strategies.base"):  # expected failures: the table reports them
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    quiet = [logging.getLogger(n) for n in ("livekit.agents", "workbench.strategies.base")]
+    levels = [q.level for q in quiet]
+    for q in quiet:  # expected failures: the table reports them
+        q.setLevel(logging.CRITICAL)
     try:
         result = run_faults(suite, runs_dir=runs_dir, run_id=run_id)
     except (OSError, ValueError) as e:
         console.print(f"[red]cannot run the fault suite:[/red] {escape(str(e))}")
         raise typer.Exit(2) from e
+    finally:  # the command may run inside another process (a test, a notebook): leave logging as it was
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
     table = result.table
     print_frame(table.drop(columns=["expected", "problems"]), title=f"faults: run {result.run_id}")
     for r in table[~table["passed"]].itertuples():

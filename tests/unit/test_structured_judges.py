@@ -10,6 +10,7 @@ up as a wrong value, a NaN or a missing judgment, not as a silently skipped chec
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -384,6 +385,7 @@ async def test_livekit_judges_drop_a_verdict_outside_the_enum_and_a_json_text_re
     from livekit.agents.evals import JudgeGroup, accuracy_judge, conciseness_judge, relevancy_judge
     from livekit.plugins import openai as lk_openai
 
+    caplog.set_level(logging.WARNING, logger="livekit.agents")  # whatever level an earlier test left
     answers = {
         "accuracy": verdict_call("excellent", "not one of pass/fail/maybe"),
         "conciseness": Script(text='{"verdict": "pass", "reasoning": "JSON text, not a tool call"}'),
