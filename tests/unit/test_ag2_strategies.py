@@ -4,67 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from ag2.events import ModelRequest, ModelResponse
-from livekit.agents import llm
+from agent_cases import ANSWER, INSTRUCTIONS, chat_ctx, run_turn
 
-from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.config import EndpointConfig
 from workbench.models import ModelStack, ResolvedEndpoint
 from workbench.replay.faults import EXPECTED_KIND, PARTIAL_FAULTS
 from workbench.strategies.ag2 import AG2Clients, AG2Strategy, AG2TeamStrategy, create_options, to_ag2
-from workbench.strategies.base import count_tokens
 from workbench.strategies.registry import available, build
 from workbench.testing.scripted_endpoint import FAULTS, RecordedRequest, Script, ScriptedEndpoint
 
-INSTRUCTIONS = "You are Diana, the front desk of a clinic. Answer in one short sentence."
-ANSWER = "Main Street opens at eight in the morning on weekdays."
+pytestmark = pytest.mark.usefixtures("_warm_tokenizer")
+
 NOTES = "- Main Street: 8 am to 6 pm on weekdays."
 PLAN = "- an answer"
 LEAD = "We open at eight."
 MORE = "That is Monday to Friday, until six."
 QUICK = {"first_chunk_timeout_s": 0.3, "chunk_timeout_s": 0.3}  # hang and trickle fall back quickly
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _warm_tokenizer() -> None:
-    count_tokens("warm up")  # the history trimmer loads its tokenizer once (about a second)
-
-
-@pytest.fixture
-async def endpoint():
-    async with ScriptedEndpoint(Script(text=ANSWER, ttft_s=0.02, gap_s=0.01)) as ep:
-        yield ep
-
-
-@pytest.fixture
-def scripted_stack(endpoint: ScriptedEndpoint, tmp_path: Path):
-    cfg = WorkbenchConfig(
-        llm=EndpointConfig(kind="openai", base_url=endpoint.base_url, model=endpoint.model, max_tokens=48),
-        state_dir=tmp_path,
-    )
-    with ModelStack(cfg) as s:
-        yield s
-
-
-def chat_ctx(*turns: tuple[str, str]) -> llm.ChatContext:
-    ctx = llm.ChatContext()
-    ctx.add_message(role="system", content=INSTRUCTIONS)
-    for role, text in turns:
-        ctx.add_message(role=role, content=text)  # type: ignore[arg-type]
-    return ctx
-
-
-async def run_turn(strategy: Any, ctx: llm.ChatContext) -> tuple[str, list[tuple[float, str]]]:
-    """The whole answer and each chunk's arrival time (perf_counter, comparable with the server's records)."""
-    chunks: list[tuple[float, str]] = []
-    async with strategy.chat(chat_ctx=ctx) as stream:
-        async for ch in stream:
-            if ch.delta and ch.delta.content:
-                chunks.append((time.perf_counter(), ch.delta.content))
-    return "".join(c for _, c in chunks), chunks
 
 
 def request_for(endpoint: ScriptedEndpoint, marker: str) -> RecordedRequest:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_cases import ANSWER, INSTRUCTIONS, chat_ctx, run_turn
 from autogen_core.models import AssistantMessage, UserMessage
 from livekit.agents import llm
 
-from workbench.config import EndpointConfig, WorkbenchConfig
 from workbench.models import ModelStack
 from workbench.strategies.agents import (
     AutoGenStrategy,
@@ -23,52 +22,12 @@ from workbench.strategies.agents import (
     skip_repeat,
     to_autogen,
 )
-from workbench.strategies.base import Passage, count_tokens
+from workbench.strategies.base import Passage
 from workbench.strategies.builtin import PlainStrategy
 from workbench.strategies.registry import available, build
 from workbench.testing.scripted_endpoint import RecordedRequest, Script, ScriptedEndpoint
 
-INSTRUCTIONS = "You are Diana, the front desk of a clinic. Answer in one short sentence."
-ANSWER = "Main Street opens at eight in the morning on weekdays."
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _warm_tokenizer() -> None:
-    count_tokens("warm up")  # the history trimmer loads its tokenizer once (about a second)
-
-
-@pytest.fixture
-async def endpoint():
-    async with ScriptedEndpoint(Script(text=ANSWER, ttft_s=0.02, gap_s=0.01)) as ep:
-        yield ep
-
-
-@pytest.fixture
-def scripted_stack(endpoint: ScriptedEndpoint, tmp_path: Path):
-    cfg = WorkbenchConfig(
-        llm=EndpointConfig(kind="openai", base_url=endpoint.base_url, model=endpoint.model, max_tokens=48),
-        state_dir=tmp_path,
-    )
-    with ModelStack(cfg) as s:
-        yield s
-
-
-def chat_ctx(*turns: tuple[str, str]) -> llm.ChatContext:
-    ctx = llm.ChatContext()
-    ctx.add_message(role="system", content=INSTRUCTIONS)
-    for role, text in turns:
-        ctx.add_message(role=role, content=text)  # type: ignore[arg-type]
-    return ctx
-
-
-async def run_turn(strategy: Any, ctx: llm.ChatContext) -> tuple[str, list[tuple[float, str]]]:
-    """The whole answer and each chunk's arrival time (perf_counter, comparable with the server's)."""
-    chunks: list[tuple[float, str]] = []
-    async with strategy.chat(chat_ctx=ctx) as stream:
-        async for ch in stream:
-            if ch.delta and ch.delta.content:
-                chunks.append((time.perf_counter(), ch.delta.content))
-    return "".join(c for _, c in chunks), chunks
+pytestmark = pytest.mark.usefixtures("_warm_tokenizer")
 
 
 def system_text(req: RecordedRequest) -> str:
