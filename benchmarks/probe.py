@@ -29,7 +29,7 @@ def _server_peak_mb(pid: int) -> float:
 async def main(component: str) -> dict[str, float]:
     from livekit.agents import llm
 
-    from workbench.config import WorkbenchConfig
+    from workbench.core.config import WorkbenchConfig
     from workbench.models import ModelStack
 
     stack = ModelStack(WorkbenchConfig(state_dir=Path(tempfile.mkdtemp())))

@@ -37,7 +37,7 @@ def write_dataset(root: Path, conversations: int, turns: int) -> Path:
 def scripted_stack(url: str, state_dir: Path, transport: str | None = None) -> Any:
     """A stack on the scripted endpoint; ``transport`` only where this version has the option (the previous
     stack always used its own aiohttp transport)."""
-    from workbench.config import EndpointConfig, WorkbenchConfig
+    from workbench.core.config import EndpointConfig, WorkbenchConfig
     from workbench.models import ModelStack
 
     extra = {"transport": transport} if transport and "transport" in EndpointConfig.model_fields else {}
@@ -50,11 +50,11 @@ async def overhead(tmp: Path, rounds: int = 15, turns: int = 12) -> dict[str, fl
     medians over interleaved rounds and the median of the paired differences (ms)."""
     from livekit.agents import llm
 
+    from workbench.faults.endpoint import EndpointProcess
     from workbench.pipeline import DEFAULT_INSTRUCTIONS
     from workbench.replay.dataset import load_dataset
     from workbench.replay.text import replay_text
     from workbench.strategies import build
-    from workbench.testing.scripted_endpoint import EndpointProcess
 
     conv = load_dataset(write_dataset(tmp / "ds", 1, turns)).conversations[0]
     wall: dict[str, list[float]] = {"direct": [], "harness": []}
@@ -93,8 +93,8 @@ async def throughput_aiohttp(tmp: Path) -> dict[str, float]:
 async def throughput(tmp: Path, runs: int = 3, transport: str | None = None) -> dict[str, float]:
     """Turns per second through the whole runner at concurrency 16 (64 conversations x 4 turns), against an
     instant endpoint in its own process: the median of ``runs`` runs after a warm-up run."""
-    from workbench.replay import Suite, arun, load_run
-    from workbench.testing.scripted_endpoint import EndpointProcess
+    from workbench.faults.endpoint import EndpointProcess
+    from workbench.workflows import Suite, arun, load_run
 
     ds = write_dataset(tmp / "ds", 64, 4)
     rates = []
@@ -115,8 +115,8 @@ async def first_turn(tmp: Path, trials: int = 10) -> dict[str, float]:
     on an endpoint whose first token takes 20 ms: medians over ``trials`` fresh stacks (ms)."""
     from livekit.agents import llm
 
+    from workbench.faults.endpoint import EndpointProcess
     from workbench.strategies import build
-    from workbench.testing.scripted_endpoint import EndpointProcess
 
     first, second = [], []
     with EndpointProcess(text="Sure, we open at eight.", ttft_s=0.02) as ep:
@@ -143,7 +143,7 @@ async def cold_start(tmp: Path) -> dict[str, float]:
     the llama.cpp server's start and model load, the first request (s)."""
     import psutil
 
-    from workbench.config import load_config
+    from workbench.core.config import load_config
     from workbench.models import ModelStack
     from workbench.strategies import build
 
@@ -168,7 +168,7 @@ async def cold_start(tmp: Path) -> dict[str, float]:
 async def v2v(tmp: Path) -> dict[str, float]:
     """Voice-to-voice in real time on the embedded stack (Piper caller, Silero, Whisper, ``plain`` on SmolLM2,
     Piper answering): one demo conversation, the median over its turns (ms)."""
-    from workbench.replay import Suite, arun, load_run
+    from workbench.workflows import Suite, arun, load_run
 
     suite = Suite(
         dataset=DEMO,

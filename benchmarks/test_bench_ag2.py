@@ -1,6 +1,6 @@
 """What the AG2 strategies add to time-to-first-chunk over ``plain``, on an instant scripted endpoint.
 
-Same method as ``test_bench_agents.py`` (its ``side_by_side`` and ``paired_overhead_ms`` are reused):
+Same method as ``test_bench_agents.py`` (``side_by_side`` and ``paired_overhead_ms`` of ``timing.py``):
 interleaved rounds with alternating order, paired per-round differences. The endpoint answers at once
 (no TTFT, no token gaps), so every millisecond in the difference is the strategy's own work: AG2's event
 stream and per-turn setup for ``ag2``; for ``ag2_team`` also its extra model calls (the lead-in for
@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_bench_agents import paired_overhead_ms, side_by_side
-from timing import chat_ctx, first_chunk
+from timing import chat_ctx, first_chunk, paired_overhead_ms, side_by_side
 
-from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.core.config import EndpointConfig, WorkbenchConfig
+from workbench.faults.endpoint import Script, ScriptedEndpoint
 from workbench.models import ModelStack
 from workbench.strategies.registry import build
-from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
 
 INSTRUCTIONS = (
     "You are Diana, the front desk of Diana Health and Wellness Clinic. Answer in one short sentence. "
@@ -63,8 +62,13 @@ def scripted_stack(scripted: ScriptedEndpoint, tmp_path_factory: pytest.TempPath
     ],
     ids=["ag2", "ag2_team-low_latency", "ag2_team-gather"],
 )
-def test_ttfc_overhead_over_plain(benchmark: Any, loop: asyncio.AbstractEventLoop, scripted_stack: ModelStack,
-                                  spec: dict[str, Any], limit_ms: float | None) -> None:  # fmt: skip
+def test_ttfc_overhead_over_plain(
+    benchmark: Any,
+    loop: asyncio.AbstractEventLoop,
+    scripted_stack: ModelStack,
+    spec: dict[str, Any],
+    limit_ms: float | None,
+) -> None:
     plain, other = build("plain", scripted_stack), build(spec, scripted_stack)
     n = iter(range(10**6))  # a new question every turn, as in the AutoGen benchmark
 

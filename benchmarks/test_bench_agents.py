@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from timing import chat_ctx, first_chunk
+from timing import chat_ctx, first_chunk, paired_overhead_ms, side_by_side
 
-from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.core.config import EndpointConfig, WorkbenchConfig
+from workbench.faults.endpoint import Script, ScriptedEndpoint
 from workbench.models import ModelStack
 from workbench.strategies.registry import build
-from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
 
 INSTRUCTIONS = (
     "You are Diana, the front desk of Diana Health and Wellness Clinic. Answer in one short sentence. "
     "Main Street is open Monday to Friday from 8 am to 6 pm and Saturday from 9 am to 1 pm."
 )
+KNOWLEDGE = Path(__file__).resolve().parents[1] / "datasets" / "dianachat_demo" / "knowledge"
 QUESTION = "When are you open on Saturday?"
 ANSWER = "We are open on Saturday from nine in the morning until one in the afternoon."
 NOTES = "- Main Street: Saturday 9 am to 1 pm.\n- Lakeside: Saturday 8 am to noon."
@@ -61,35 +63,13 @@ async def ttfc(strategy: Any, question: str = QUESTION) -> float:
     return (await first_chunk(strategy, chat_ctx(INSTRUCTIONS, question)))[0]
 
 
-def side_by_side(benchmark: Any, loop: asyncio.AbstractEventLoop, runs: dict[str, Callable[[], Any]],
-                 rounds: int = ROUNDS) -> dict[str, list[float]]:  # fmt: skip
-    """Run every entry once per round, alternating the order, after one warm-up round."""
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    names = list(runs)
-    for name in names:  # warm-up: lazy imports, first connections, tokenizer
-        loop.run_until_complete(runs[name]())
-    n = iter(range(10**6))
-
-    def one_round() -> None:
-        order = names if next(n) % 2 == 0 else names[::-1]
-        for name in order:
-            times[name].append(loop.run_until_complete(runs[name]()))
-
-    benchmark.pedantic(one_round, rounds=rounds, iterations=1)
-    for name, ts in times.items():
-        benchmark.extra_info[f"{name}_ttfc_median_ms"] = round(statistics.median(ts) * 1000, 1)
-    return times
+HYBRID = {"kind": "hybrid", "knowledge": str(KNOWLEDGE)}
 
 
-def paired_overhead_ms(a: list[float], b: list[float]) -> float:
-    """Median of the per-round differences ``b - a`` (pairs share the round's load)."""
-    return statistics.median(y - x for x, y in zip(a, b, strict=True)) * 1000
-
-
-@pytest.mark.parametrize(("spec", "limit_ms"), [({"kind": "autogen"}, 30.0), ({"kind": "hybrid"}, 45.0)],
-                         ids=["autogen", "hybrid"])  # fmt: skip
-def test_ttfc_overhead_over_plain(benchmark: Any, loop: asyncio.AbstractEventLoop, scripted_stack: ModelStack,
-                                  spec: dict[str, Any], limit_ms: float) -> None:  # fmt: skip
+@pytest.mark.parametrize(("spec", "limit_ms"), [({"kind": "autogen"}, 30.0), (HYBRID, 45.0)], ids=["autogen", "hybrid"])
+def test_ttfc_overhead_over_plain(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, scripted_stack: ModelStack, spec: dict[str, Any], limit_ms: float
+) -> None:
     plain, other = build("plain", scripted_stack), build(spec, scripted_stack)
     n = iter(range(10**6))  # a new question every turn: no cached query embedding, no cached prompt
 
@@ -99,10 +79,10 @@ def test_ttfc_overhead_over_plain(benchmark: Any, loop: asyncio.AbstractEventLoo
     runs = {"plain": lambda: ttfc(plain, question()), spec["kind"]: lambda: ttfc(other, question())}
     extra = []
     if spec["kind"] == "hybrid":  # direct RAG beside it: how much of the overhead is retrieval, not AutoGen
-        rag = build("rag", scripted_stack)
+        rag = build({"kind": "rag", "knowledge": str(KNOWLEDGE)}, scripted_stack)
         runs["rag"] = lambda: ttfc(rag, question())
         extra.append(rag)
-    times = side_by_side(benchmark, loop, runs)
+    times = side_by_side(benchmark, loop, runs, rounds=ROUNDS)
     overhead = paired_overhead_ms(times["plain"], times[spec["kind"]])
     benchmark.extra_info["overhead_median_ms"] = round(overhead, 1)
     if "rag" in times:
@@ -114,11 +94,14 @@ def test_ttfc_overhead_over_plain(benchmark: Any, loop: asyncio.AbstractEventLoo
     assert overhead <= limit_ms, f"{spec['kind']} adds {overhead:.1f} ms to the first chunk (target {limit_ms} ms)"
 
 
-def test_multi_agent_low_latency_vs_gather_scripted(benchmark: Any, loop: asyncio.AbstractEventLoop,
-                                                    scripted_stack: ModelStack) -> None:  # fmt: skip
+def test_multi_agent_low_latency_vs_gather_scripted(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, scripted_stack: ModelStack
+) -> None:
     gather = build({"kind": "multi_agent", "coordination": "gather"}, scripted_stack)
     low = build({"kind": "multi_agent", "coordination": "low_latency"}, scripted_stack)
-    times = side_by_side(benchmark, loop, {"gather": lambda: ttfc(gather), "low_latency": lambda: ttfc(low)})
+    times = side_by_side(
+        benchmark, loop, {"gather": lambda: ttfc(gather), "low_latency": lambda: ttfc(low)}, rounds=ROUNDS
+    )
     ratio = statistics.median(times["low_latency"]) / statistics.median(times["gather"])
     benchmark.extra_info["low_latency_over_gather"] = round(ratio, 3)
     loop.run_until_complete(gather.aclose())
@@ -127,8 +110,9 @@ def test_multi_agent_low_latency_vs_gather_scripted(benchmark: Any, loop: asynci
 
 
 @pytest.mark.timeout(1200)
-def test_multi_agent_low_latency_vs_gather_real_model(benchmark: Any, loop: asyncio.AbstractEventLoop,
-                                                      stack: ModelStack) -> None:  # fmt: skip
+def test_multi_agent_low_latency_vs_gather_real_model(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, stack: ModelStack
+) -> None:
     """The same comparison on the embedded SmolLM2 server (one request at a time, real prompt cache)."""
     small = {"max_tokens": 24, "helper_max_tokens": 24, "lead_in_max_tokens": 20}
     small |= {"first_chunk_timeout_s": 120.0, "chunk_timeout_s": 120.0}  # shared cores can be very busy

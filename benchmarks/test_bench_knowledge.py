@@ -54,8 +54,9 @@ def test_retrieve_new_question(benchmark, index) -> None:
 
     benchmark.pedantic(index.retrieve, setup=setup, rounds=60, iterations=1)
     median = _median_ms(benchmark)
-    benchmark.extra_info.update({"median_ms": round(median, 2), "budget_ms": BUDGET_MS,
-                                 "within_budget": median <= BUDGET_MS})  # fmt: skip
+    benchmark.extra_info.update(
+        {"median_ms": round(median, 2), "budget_ms": BUDGET_MS, "within_budget": median <= BUDGET_MS}
+    )
 
 
 def test_retrieve_replayed_question(benchmark, index) -> None:
@@ -80,8 +81,9 @@ def test_aretrieve_new_question_from_the_event_loop(benchmark, index) -> None:
         return (next(questions),), {}
 
     try:
-        benchmark.pedantic(lambda q: loop.run_until_complete(index.aretrieve(q, 3)), setup=setup, rounds=40,
-                           iterations=1)  # fmt: skip
+        benchmark.pedantic(
+            lambda q: loop.run_until_complete(index.aretrieve(q, 3)), setup=setup, rounds=40, iterations=1
+        )
     finally:
         loop.close()
     benchmark.extra_info["median_ms"] = round(_median_ms(benchmark), 2)
@@ -113,5 +115,6 @@ def test_reopen_without_embedding(benchmark, stack, index) -> None:
     assert idx.stats["mode"] == "loaded" and idx.stats["embedded"] == 0
     benchmark.extra_info.update({k: idx.stats[k] for k in ("documents", "chunks", "build_s")})
     recall = context_recall(idx, TURNS, top_k=3)
-    benchmark.extra_info.update({"recall_at_3_all": round(recall["all"], 3),
-                                 "recall_at_3_opening": round(recall["opening"], 3)})  # fmt: skip
+    benchmark.extra_info.update(
+        {"recall_at_3_all": round(recall["all"], 3), "recall_at_3_opening": round(recall["opening"], 3)}
+    )

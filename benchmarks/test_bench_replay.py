@@ -8,24 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
-
-from test_replay_text import make_dataset
-from test_replay_voice import fake_speech_stack, voice_dataset
-
-from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.core.config import EndpointConfig, WorkbenchConfig
+from workbench.faults.endpoint import EndpointProcess
+from workbench.faults.speech import FixedDelaySTT
 from workbench.models import ModelStack
 from workbench.models.chat_client import chat_client
-from workbench.replay import Suite, arun, load_run
 from workbench.replay.text import replay_text
-from workbench.testing.fakes import FixedDelaySTT
-from workbench.testing.scripted_endpoint import EndpointProcess
+from workbench.testing.worlds import fake_speech_stack, make_dataset, voice_dataset
+from workbench.workflows import Suite, arun, load_run
 
 TURNS = 12
 ROUNDS = 25
@@ -112,9 +107,11 @@ def test_harness_overhead_per_text_turn(benchmark, instant_endpoint, tmp_path: P
     overhead, livekit, own = paired("direct", "harness"), paired("direct", "session"), paired("session", "harness")
     benchmark.extra_info.update({f"{k}_ms": v for k, v in med.items()})
     benchmark.extra_info.update(overhead_ms=overhead, livekit_session_ms=livekit, harness_own_ms=own)
-    print(f"\nper text turn: direct {med['direct']:.2f} ms, bare AgentSession {med['session']:.2f} ms,"
-          f" harness {med['harness']:.2f} ms; overhead {overhead:.2f} ms, of which a bare AgentSession"
-          f" {livekit:.2f} ms and the harness's own {own:.2f} ms (medians of {ROUNDS} paired differences)")  # fmt: skip
+    print(
+        f"\nper text turn: direct {med['direct']:.2f} ms, bare AgentSession {med['session']:.2f} ms,"
+        f" harness {med['harness']:.2f} ms; overhead {overhead:.2f} ms, of which a bare AgentSession"
+        f" {livekit:.2f} ms and the harness's own {own:.2f} ms (medians of {ROUNDS} paired differences)"
+    )
 
 
 def test_text_throughput_at_concurrency_16(benchmark, tmp_path: Path) -> None:
@@ -142,10 +139,14 @@ def test_text_throughput_at_concurrency_16(benchmark, tmp_path: Path) -> None:
         server.__exit__()
     rate = statistics.median(rates)
     benchmark.extra_info.update(turns=result["rows"], turns_per_s=rate, runs=rates, cpu=cpu)
-    print(f"\ntext throughput at concurrency 16: {rate:.0f} turns/s, median of {[round(r) for r in rates]}"
-          f" ({result['rows']} turns a run)")  # fmt: skip
-    print(f"harness CPU / wall per run: {[round(c, 2) for c, _ in cpu]},"
-          f" endpoint CPU per run: {[round(e, 2) for _, e in cpu]} s")  # fmt: skip
+    print(
+        f"\ntext throughput at concurrency 16: {rate:.0f} turns/s, median of {[round(r) for r in rates]}"
+        f" ({result['rows']} turns a run)"
+    )
+    print(
+        f"harness CPU / wall per run: {[round(c, 2) for c, _ in cpu]},"
+        f" endpoint CPU per run: {[round(e, 2) for _, e in cpu]} s"
+    )
 
 
 def test_streamed_request_cpu_aiohttp_against_httpx(benchmark, instant_endpoint) -> None:
@@ -237,8 +238,10 @@ def test_voice_concurrency_keeps_voice_to_voice(benchmark, tmp_path: Path) -> No
     benchmark.pedantic(both, rounds=1, iterations=1)
     ratio = medians[4] / medians[1]
     benchmark.extra_info.update(v2v_1_ms=medians[1] * 1000, v2v_4_ms=medians[4] * 1000, ratio=ratio)
-    print(f"\nvoice-to-voice median: 1 session {medians[1] * 1000:.0f} ms, 4 sessions {medians[4] * 1000:.0f} ms,"
-          f" ratio {ratio:.3f}")  # fmt: skip
+    print(
+        f"\nvoice-to-voice median: 1 session {medians[1] * 1000:.0f} ms, 4 sessions {medians[4] * 1000:.0f} ms,"
+        f" ratio {ratio:.3f}"
+    )
 
 
 def test_agent_session_floor_per_text_turn(benchmark, tmp_path: Path) -> None:

@@ -30,12 +30,12 @@ import openai.resources  # noqa: F401  (imported lazily by the client on first u
 import pytest
 from timing import chat_ctx, first_chunk
 
-from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.core.config import EndpointConfig, WorkbenchConfig
+from workbench.faults.endpoint import Script, ScriptedEndpoint
 from workbench.knowledge import clear_cache, open_index
 from workbench.knowledge.evaluate import load_turns
 from workbench.models import ModelStack
 from workbench.strategies import build
-from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
 
 DEMO = Path(__file__).resolve().parents[1] / "datasets" / "dianachat_demo"
 KNOWLEDGE = DEMO / "knowledge"
@@ -74,8 +74,9 @@ def build_all(stack: ModelStack) -> tuple[dict[str, Any], Any]:
     return strategies, index
 
 
-def side_by_side(benchmark: Any, loop: asyncio.AbstractEventLoop, strategies: dict[str, Any], index: Any,
-                 rounds: int) -> dict[str, list[float]]:  # fmt: skip
+def side_by_side(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, strategies: dict[str, Any], index: Any, rounds: int
+) -> dict[str, list[float]]:
     """Every strategy once per round on that round's new question, the order rotating; retrieval timed too.
 
     The query cache is cleared before each call, so every retrieving strategy embeds the question anew.
@@ -110,8 +111,9 @@ def side_by_side(benchmark: Any, loop: asyncio.AbstractEventLoop, strategies: di
     return times
 
 
-def rounds_on(stack: ModelStack, benchmark: Any, loop: asyncio.AbstractEventLoop,
-              rounds: int) -> tuple[dict[str, list[float]], Any]:  # fmt: skip
+def rounds_on(
+    stack: ModelStack, benchmark: Any, loop: asyncio.AbstractEventLoop, rounds: int
+) -> tuple[dict[str, list[float]], Any]:
     """Build every strategy on ``stack`` with a cold cache, time them side by side, close them."""
     clear_cache()
     strategies, index = build_all(stack)
@@ -140,8 +142,9 @@ def summarise(benchmark: Any, times: dict[str, list[float]]) -> dict[str, float]
     return diffs
 
 
-def test_scripted_endpoint_overhead(benchmark: Any, loop: asyncio.AbstractEventLoop,
-                                    scripted_stack: ModelStack) -> None:  # fmt: skip
+def test_scripted_endpoint_overhead(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, scripted_stack: ModelStack
+) -> None:
     """Our overhead alone: the same scripted upstream (80 ms TTFT) behind every strategy."""
     times, index = rounds_on(scripted_stack, benchmark, loop, ROUNDS_SCRIPTED)
     diffs = summarise(benchmark, times)
@@ -175,7 +178,7 @@ def test_query_embedding_paths(benchmark: Any, stack: ModelStack) -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from workbench.config import EmbeddingsConfig
+    from workbench.core.config import EmbeddingsConfig
     from workbench.knowledge.embedding import torch_threads
     from workbench.models.embeddings import MiniLMEmbedder
 

@@ -17,7 +17,7 @@ import openai.resources  # noqa: F401  (imported lazily by the client on first u
 import pytest
 from livekit.agents import llm
 
-from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.core.config import EndpointConfig, WorkbenchConfig
 from workbench.models import ModelStack
 from workbench.strategies import build
 from workbench.testing import Script, ScriptedEndpoint

@@ -1,8 +1,12 @@
-"""Timing helpers shared by the strategy benchmarks (importable: ``benchmarks/`` is on ``sys.path``)."""
+"""Timing helpers shared by the strategy benchmarks (importable as ``timing``: pytest puts a test file's
+directory on ``sys.path``)."""
 
 from __future__ import annotations
 
+import asyncio
+import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from livekit.agents import llm
@@ -28,3 +32,29 @@ async def first_chunk(strategy: Any, ctx: llm.ChatContext) -> tuple[float, Any]:
     trace = strategy.trace_for(stream.chat_ctx.items[-1].id)
     assert trace is not None and trace.error_kind is None, trace
     return first, trace
+
+
+def side_by_side(
+    benchmark: Any, loop: asyncio.AbstractEventLoop, runs: dict[str, Callable[[], Any]], rounds: int
+) -> dict[str, list[float]]:
+    """Run every entry once per round, alternating the order, after one warm-up round."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    names = list(runs)
+    for name in names:  # warm-up: lazy imports, first connections, tokenizer
+        loop.run_until_complete(runs[name]())
+    n = iter(range(10**6))
+
+    def one_round() -> None:
+        order = names if next(n) % 2 == 0 else names[::-1]
+        for name in order:
+            times[name].append(loop.run_until_complete(runs[name]()))
+
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1)
+    for name, ts in times.items():
+        benchmark.extra_info[f"{name}_ttfc_median_ms"] = round(statistics.median(ts) * 1000, 1)
+    return times
+
+
+def paired_overhead_ms(a: list[float], b: list[float]) -> float:
+    """Median of the per-round differences ``b - a`` (pairs share the round's load)."""
+    return statistics.median(y - x for x, y in zip(a, b, strict=True)) * 1000

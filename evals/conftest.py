@@ -2,7 +2,7 @@
 
 ``pytest evals/`` (and ``make test``, which has ``evals`` in its testpaths) collects the items without
 running anything; the first item of a suite runs it once for the session (run, offline scoring,
-gates: :func:`workbench.analysis.evals.run_eval`), and every item reports its own verdict. So JUnit
+gates: :func:`workbench.workflows.eval.run_eval`), and every item reports its own verdict. So JUnit
 XML (``--junitxml``) and CI summaries list each bound by name. Suites without gates (``demo.yaml``)
 yield no items.
 
@@ -31,10 +31,18 @@ RUN_TIMEOUT_S = 900  # the first item of a suite carries the whole run
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("workbench evals")
-    group.addoption("--eval-baseline", default=os.environ.get("WORKBENCH_EVAL_BASELINE"), metavar="RUN",
-                    help="baseline run (id or folder) for regression gates; without it they are skipped")  # fmt: skip
-    group.addoption("--eval-runs-dir", default=os.environ.get("WORKBENCH_EVAL_RUNS_DIR", "runs"), metavar="DIR",
-                    help="where eval runs and their verdict.json go (default: runs)")  # fmt: skip
+    group.addoption(
+        "--eval-baseline",
+        default=os.environ.get("WORKBENCH_EVAL_BASELINE"),
+        metavar="RUN",
+        help="baseline run (id or folder) for regression gates; without it they are skipped",
+    )
+    group.addoption(
+        "--eval-runs-dir",
+        default=os.environ.get("WORKBENCH_EVAL_RUNS_DIR", "runs"),
+        metavar="DIR",
+        help="where eval runs and their verdict.json go (default: runs)",
+    )
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
@@ -48,11 +56,9 @@ class SuiteFile(pytest.File):
 
     def collect(self) -> Iterator[pytest.Item]:
         from workbench.analysis.gates import expand, parse_gates
-        from workbench.replay.faults import is_fault_suite, load_fault_suite
-        from workbench.replay.suite import load_suite
+        from workbench.workflows.suite import load_suite
 
-        # a bad suite or gate is a collection error naming the file and the gate; `kind: faults` has its own shape
-        suite = load_fault_suite(self.path) if is_fault_suite(self.path) else load_suite(self.path)
+        suite = load_suite(self.path)  # a bad suite or gate is a collection error naming the file and the gate
         seen: set[str] = set()
         for i, gate, strategy in expand(parse_gates(suite.gates), list(suite.strategies), suite.baseline):
             name = f"{gate.label} [{strategy}]"
@@ -79,8 +85,14 @@ class GateItem(pytest.Item):
         r = verdict.result(self.gate_index, self.strategy)
         if r is None:
             raise GateFailed(f"no verdict for gate #{self.gate_index + 1} and {self.strategy!r} in {verdict.run_id}")
-        self.user_properties += [("status", r.status), ("value", r.value), ("bound", r.bound), ("n", r.n),
-                                 ("p_value", r.p_value), ("run_id", verdict.run_id)]  # fmt: skip
+        self.user_properties += [
+            ("status", r.status),
+            ("value", r.value),
+            ("bound", r.bound),
+            ("n", r.n),
+            ("p_value", r.p_value),
+            ("run_id", verdict.run_id),
+        ]
         if r.status == "skipped":
             pytest.skip(f"{r.name} [{r.strategy}]: {r.detail}")
         if r.failed:
@@ -100,7 +112,7 @@ def suite_verdict(config: pytest.Config, path: Path) -> Any:
     """The suite's verdict, computed once per session (a failure to produce it is re-raised for every item)."""
     cache = config.stash.setdefault(VERDICTS, {})
     if path not in cache:
-        from workbench.analysis.evals import run_eval
+        from workbench.workflows.eval import run_eval
 
         runs_dir = Path(config.getoption("eval_runs_dir"))
         if not runs_dir.is_absolute():

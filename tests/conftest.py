@@ -55,7 +55,7 @@ def no_server_survives() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory):
     """One real embedded stack (SmolLM2 server, Whisper, Piper, Silero, MiniLM) for all integration tests."""
-    from workbench.config import WorkbenchConfig
+    from workbench.core.config import WorkbenchConfig
     from workbench.models import ModelStack
 
     s = ModelStack(WorkbenchConfig(state_dir=tmp_path_factory.mktemp("state")))

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from workbench.config import ConfigError, load_config
+from workbench.core.config import ConfigError, load_config
 from workbench.core.run import resolve_runs_dir
 
 app = typer.Typer(
@@ -109,8 +109,9 @@ def run_suite(
 ) -> None:
     """Replay a suite's conversations through each strategy; rows land in runs/<run-id>/ as each turn finishes."""
     from workbench.analysis.summary import run_summary
-    from workbench.replay import load_run, run
-    from workbench.replay.store import RunLockedError
+    from workbench.core.store import RunLockedError
+    from workbench.workflows import load_run, run
+    from workbench.workflows.suite import SuiteError
 
     _quiet_known_livekit_warnings()
     if suite is None and resume is None:
@@ -118,7 +119,7 @@ def run_suite(
         raise typer.Exit(2)
     try:
         result = run(suite, resume=resume, run_id=run_id, runs_dir=runs_dir, progress=not quiet)
-    except (RunLockedError, FileNotFoundError, ConfigError) as e:
+    except (RunLockedError, FileNotFoundError, ConfigError, SuiteError) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from e
     except KeyboardInterrupt:
@@ -214,7 +215,8 @@ def promote_cmd(
 
     Refuses (exit 1) when a gate fails or the run holds no evidence for it; --force overrides and says so in the file.
     """
-    from workbench.promote import GateSpecError, PromotionRefused, promote
+    from workbench.analysis.gates import GateSpecError
+    from workbench.workflows.promote import PromotionRefused, promote
 
     def gate_table(gates) -> Table:
         table = Table("gate", "value", "bound", "n", "result", title=f"gates for {strategy}")
@@ -245,13 +247,17 @@ def promote_cmd(
 
     check = version_check(result.promoted)  # what the worker will check: say it now rather than at deployment
     if not check.recorded:
-        console.print("[yellow]note: the run records no package versions, so the worker will refuse this file "
-                      "without --allow-version-mismatch[/yellow]")  # fmt: skip
+        console.print(
+            "[yellow]note: the run records no package versions, so the worker will refuse this file "
+            "without --allow-version-mismatch[/yellow]"
+        )
     else:
         console.print(f"measured with {check.measured_text()}")
         if not check.ok:
-            console.print(f"[yellow]note: {version_mismatch_text(check)}: a worker on this machine needs "
-                          "--allow-version-mismatch[/yellow]")  # fmt: skip
+            console.print(
+                f"[yellow]note: {version_mismatch_text(check)}: a worker on this machine needs "
+                "--allow-version-mismatch[/yellow]"
+            )
     console.print("serve it with: python -m workbench.worker start  (see docs/worker.md)")
 
 
@@ -350,8 +356,13 @@ def score_cmd(
     colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
     for o in scoring["scorers"]:
         c = colour.get(o["status"], "white")
-        table.add_row(o["name"], f"[{c}]{o['status']}[/{c}]", ", ".join(o["columns"]) or "-",
-                      f"{o['seconds']:.1f}", escape(o.get("reason") or ""))  # fmt: skip
+        table.add_row(
+            o["name"],
+            f"[{c}]{o['status']}[/{c}]",
+            ", ".join(o["columns"]) or "-",
+            f"{o['seconds']:.1f}",
+            escape(o.get("reason") or ""),
+        )
     console.print(table)
     if scoring.get("judge"):
         j = scoring["judge"]
@@ -380,8 +391,15 @@ def report_cmd(
 
     try:
         with console.status("building the report..."):
-            path = build_report(run, vs=vs, out=out, runs_dir=runs_dir, baseline=baseline, objective=objective,
-                                pass_threshold=pass_threshold)  # fmt: skip
+            path = build_report(
+                run,
+                vs=vs,
+                out=out,
+                runs_dir=runs_dir,
+                baseline=baseline,
+                objective=objective,
+                pass_threshold=pass_threshold,
+            )
     except (FileNotFoundError, KeyError, ValueError) as e:
         console.print(f"[red]cannot report:[/red] {escape(str(e))}")
         raise typer.Exit(2) from e
@@ -396,8 +414,8 @@ def _warn_stack_differences(run: str, vs: str, runs_dir: Path) -> None:
 
     from rich.markup import escape
 
-    from workbench.replay.store import MANIFEST_FILE, resolve_run
-    from workbench.versions import stack_differences
+    from workbench.core.store import MANIFEST_FILE, resolve_run
+    from workbench.models.versions import stack_differences
 
     a, b = (json.loads((resolve_run(r, runs_dir) / MANIFEST_FILE).read_text()) for r in (run, vs))
     diffs = stack_differences(a, b)
@@ -413,18 +431,25 @@ def verdict_table(verdict) -> Table:
 
     colour = {"pass": "green", "fail": "red", "error": "red", "skipped": "yellow"}
     word = {"pass": "pass", "fail": "FAIL", "error": "NO EVIDENCE", "skipped": "skipped"}
-    table = Table(title=f"eval {verdict.suite}: run {verdict.run_id}"
-                  + (f" vs baseline {Path(verdict.baseline_run).name}" if verdict.baseline_run else ""))  # fmt: skip
+    table = Table(
+        title=f"eval {verdict.suite}: run {verdict.run_id}"
+        + (f" vs baseline {Path(verdict.baseline_run).name}" if verdict.baseline_run else "")
+    )
     for col in ("gate", "strategy", "value", "bound", "n", "p", "result", "detail"):
         table.add_column(col, overflow="fold", justify="right" if col in ("value", "bound", "n", "p") else "left")
     for r in verdict.results:
         c = colour[r.status]
         bound = "" if r.bound != r.bound else f"{r.op} {r.bound:.4g}"
         table.add_row(
-            escape(r.name), escape(r.strategy), "-" if r.value is None else f"{r.value:.4g}", bound, str(r.n),
-            "" if r.p_value is None else f"{r.p_value:.3g}", f"[{c}]{word[r.status]}[/{c}]",
+            escape(r.name),
+            escape(r.strategy),
+            "-" if r.value is None else f"{r.value:.4g}",
+            bound,
+            str(r.n),
+            "" if r.p_value is None else f"{r.p_value:.3g}",
+            f"[{c}]{word[r.status]}[/{c}]",
             escape(r.detail) if r.status != "pass" or r.kind == "regression" else "",
-        )  # fmt: skip
+        )
     return table
 
 
@@ -447,10 +472,10 @@ def eval_cmd(
     from pydantic import ValidationError
     from rich.markup import escape
 
-    from workbench.analysis.evals import VERDICT_FILE, EvalError, run_eval
     from workbench.analysis.gates import GateSpecError
-    from workbench.replay.store import RunLockedError
-    from workbench.replay.suite import SuiteError
+    from workbench.core.store import RunLockedError
+    from workbench.workflows.eval import VERDICT_FILE, EvalError, run_eval
+    from workbench.workflows.suite import SuiteError
 
     try:
         verdict = run_eval(suite, run=run, baseline=baseline, run_id=run_id, runs_dir=runs_dir, progress=not quiet)
@@ -488,10 +513,13 @@ def faults_cmd(
     run_id: Annotated[str | None, typer.Option(help="Name the run folder (default: time-name-random).")] = None,
 ) -> None:
     """Inject every fault (HTTP 500/429, refused, hang, cut, malformed SSE, trickle, STT, TTS) into every
-    strategy on a scripted endpoint and show what the caller got: fault x strategy x mode."""
+    strategy on a scripted endpoint and show what the caller got: fault x strategy x mode.
+
+    The same run as `workbench eval` on the fault suite, with the fault table printed beside the gates."""
     from rich.markup import escape
 
-    from workbench.replay.faults import run_faults
+    from workbench.core.run import VERDICT_FILE
+    from workbench.workflows.faults import run_faults
 
     quiet = [logging.getLogger(n) for n in ("livekit.agents", "workbench.strategies.base")]
     levels = [q.level for q in quiet]
@@ -513,6 +541,8 @@ def faults_cmd(
         mark = "[green]pass[/green]" if not g.failed else "[red]fail[/red]"
         console.print(f"gate {escape(g.name)} ({escape(g.strategy)}): {mark} {escape(g.detail)}")
     console.print(f"rows: {result.path}")
+    if result.verdict is not None:
+        console.print(f"verdict: {result.path / VERDICT_FILE}")
     if not result.passed:
         raise typer.Exit(1)
 

@@ -20,15 +20,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from workbench.promote import PROMOTED_PATH, Promoted, PromotedFileError, load_promoted
+from workbench.pipeline.promoted import PROMOTED_PATH, Promoted, PromotedFileError, load_promoted
 
 if TYPE_CHECKING:
     from livekit.agents import AgentServer, AgentSession, JobContext, JobProcess
 
-    from workbench.config import WorkbenchConfig
+    from workbench.core.config import WorkbenchConfig
     from workbench.models import ModelStack
+    from workbench.models.versions import VersionCheck
     from workbench.pipeline import DianaAgent
-    from workbench.versions import VersionCheck
 
 log = logging.getLogger("workbench.worker")
 
@@ -51,7 +51,7 @@ def worker_config(promoted: Promoted, environ: Mapping[str, str] | None = None) 
     ``$WORKBENCH_CONFIG`` replaces it (e.g. a hosted endpoint in production); ``WORKBENCH__*`` variables
     override single keys either way. Without either, a file with no ``config`` gets the embedded default.
     """
-    from workbench.config import ConfigError, WorkbenchConfig, env_overrides, load_config
+    from workbench.core.config import ConfigError, WorkbenchConfig, env_overrides, load_config
 
     env = dict(os.environ if environ is None else environ)
     if env.get("WORKBENCH_CONFIG") or not promoted.config:
@@ -111,7 +111,7 @@ def version_check(promoted: Promoted, installed: Mapping[str, str | None] | None
 
     Package metadata only, no imports of either package: runs in milliseconds, before anything loads.
     """
-    from workbench.versions import check_versions
+    from workbench.models.versions import check_versions
 
     return check_versions(promoted.measured_packages(), installed)
 
@@ -138,7 +138,7 @@ def model_warnings(promoted: Promoted, config: WorkbenchConfig) -> list[str]:
     A model file may legitimately be rebuilt or moved; a library version changes behaviour for certain.
     Hashes are cached under the config's state dir, so this is cheap after the first start.
     """
-    from workbench.versions import model_differences, model_hashes
+    from workbench.models.versions import model_differences, model_hashes
 
     measured = promoted.measured_models()
     if measured is None:
@@ -185,8 +185,12 @@ async def entrypoint(ctx: JobContext) -> None:
     def on_trace(trace: Any) -> None:
         log.info(
             "turn strategy=%s first_chunk_s=%s total_s=%s error=%s fallback=%s",
-            trace.strategy, trace.first_chunk_s, trace.total_s, trace.error_kind, trace.fallback,
-        )  # fmt: skip
+            trace.strategy,
+            trace.first_chunk_s,
+            trace.total_s,
+            trace.error_kind,
+            trace.fallback,
+        )
 
     if hasattr(strategy, "on_trace"):
         strategy.on_trace(on_trace)
@@ -263,8 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"workbench worker: {version_refusal_text(versions)}", file=sys.stderr)
                 return 2
             if not versions.ok:
-                log.warning("workbench worker: starting despite %s: %s", ALLOW_VERSION_MISMATCH,
-                            version_mismatch_text(versions))  # fmt: skip
+                log.warning(
+                    "workbench worker: starting despite %s: %s", ALLOW_VERSION_MISMATCH, version_mismatch_text(versions)
+                )
             check_promoted(promoted)
             config = worker_config(promoted)
         except ValueError as e:  # PromotedFileError, ConfigError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ INSTRUCTIONS = (
 )
 # small answers keep each turn to a second or two on 2 cores; the generous timeouts are for a busy machine
 # (these tests check behaviour, latency is measured in benchmarks/)
+KNOWLEDGE = Path(__file__).resolve().parents[2] / "datasets" / "dianachat_demo" / "knowledge"
 SMALL = {"max_tokens": 24, "first_chunk_timeout_s": 90.0, "chunk_timeout_s": 60.0}
 TEAM = {**SMALL, "helper_max_tokens": 24, "lead_in_max_tokens": 20}
 
@@ -60,7 +62,7 @@ async def test_agent_strategies_answer_a_real_session_turn(stack, spec: dict[str
 
 @pytest.mark.parametrize("team", [False, True], ids=["agent", "team"])
 async def test_hybrid_answers_with_retrieved_passages(stack, team: bool) -> None:
-    strategy = build({"kind": "hybrid", "team": team, "top_k": 2, **TEAM}, stack)
+    strategy = build({"kind": "hybrid", "team": team, "top_k": 2, "knowledge": str(KNOWLEDGE), **TEAM}, stack)
     try:
         text, trace = await session_turn(strategy, "What are the opening hours of the Lakeside location?")
     finally:

@@ -19,13 +19,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from workbench.analysis.evals import VERDICT_FILE, EvalError, run_eval
 from workbench.cli import app
-from workbench.config import load_config
+from workbench.core.config import load_config
+from workbench.faults.endpoint import Script, ScriptedEndpoint
 from workbench.models import ModelStack
-from workbench.promote import PromotionRefused, promote
-from workbench.replay.suite import load_suite
-from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
+from workbench.workflows.eval import VERDICT_FILE, EvalError, run_eval
+from workbench.workflows.promote import PromotionRefused, promote
+from workbench.workflows.suite import load_suite
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_TTFT, SLOW_TTFT = 0.02, 0.4
@@ -63,12 +63,22 @@ def world(endpoint: ScriptedEndpoint, tmp_path_factory: pytest.TempPathFactory) 
     ds = root / "ds"
     (ds / "knowledge").mkdir(parents=True)
     (ds / "knowledge" / "hours.md").write_text("# Hours\n\nWe are open 8 am to 6 pm on weekdays.\n")
-    convs = [{"id": f"c{c}", "turns": [{"user": f"When do you open? ({c}.{t})", "reference": "At 8 am.",
-                                        "facts": ["8 am"]} for t in range(2)]} for c in range(ITEMS // 2)]  # fmt: skip
+    convs = [
+        {
+            "id": f"c{c}",
+            "turns": [
+                {"user": f"When do you open? ({c}.{t})", "reference": "At 8 am.", "facts": ["8 am"]} for t in range(2)
+            ],
+        }
+        for c in range(ITEMS // 2)
+    ]
     (ds / "conversations.jsonl").write_text("\n".join(json.dumps(c) for c in convs) + "\n")
     ep = {"kind": "openai", "base_url": endpoint.base_url}
-    config = {"llm": {**ep, "model": "good"}, "state_dir": str(root / "state"),
-              "endpoints": {"bad": {**ep, "model": "bad"}, "slow": {**ep, "model": "slow"}}}  # fmt: skip
+    config = {
+        "llm": {**ep, "model": "good"},
+        "state_dir": str(root / "state"),
+        "endpoints": {"bad": {**ep, "model": "bad"}, "slow": {**ep, "model": "slow"}},
+    }
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     write_suite(root, "base", "default")
     verdict = evaluate(root, "base", run_id="base")
@@ -77,9 +87,14 @@ def world(endpoint: ScriptedEndpoint, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def write_suite(root: Path, name: str, cand_endpoint: str, gates: list | None = None) -> Path:
-    suite = {"name": name, "dataset": "ds", "config": "config.yaml", "concurrency": 1,
-             "strategies": {"plain": "plain", "cand": {"kind": "plain", "endpoint": cand_endpoint}},
-             "gates": GATES if gates is None else gates}  # fmt: skip
+    suite = {
+        "name": name,
+        "dataset": "ds",
+        "config": "config.yaml",
+        "concurrency": 1,
+        "strategies": {"plain": "plain", "cand": {"kind": "plain", "endpoint": cand_endpoint}},
+        "gates": GATES if gates is None else gates,
+    }
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
     return path
@@ -121,7 +136,9 @@ def test_a_wrong_answering_strategy_breaks_its_bound_and_regresses(world: Path) 
     assert drop.p_value == pytest.approx(0.5**ITEMS)  # all six items dropped: the exact one-sided signed-rank p
     assert drop.reference == "baseline run base" and "-> regression" in drop.detail
     assert {(r.name, r.strategy) for r in v.failures} == {
-        ("mean fact_recall", "cand"), ("fact_recall drop <= 0.05 vs baseline run", "cand")}  # fmt: skip
+        ("mean fact_recall", "cand"),
+        ("fact_recall drop <= 0.05 vs baseline run", "cand"),
+    }
     # promote re-checks the same gates, against the baseline the eval recorded in the manifest
     with pytest.raises(PromotionRefused, match=r"fact_recall drop <= 0\.05 vs baseline run failed"):
         promote("wrong", "cand", runs_dir=world / "runs", out=world / "promoted.yaml")
@@ -142,8 +159,9 @@ def test_cli_exit_codes(world: Path) -> None:
     env = {"COLUMNS": "220"}
     runs = ["--runs-dir", str(world / "runs")]
     write_suite(world, "cli", "default")
-    res = runner.invoke(app, ["eval", str(world / "cli.yaml"), *runs, "--run-id", "cli1", "--baseline", "base", "-q"],
-                        env=env)  # fmt: skip
+    res = runner.invoke(
+        app, ["eval", str(world / "cli.yaml"), *runs, "--run-id", "cli1", "--baseline", "base", "-q"], env=env
+    )
     assert res.exit_code == 0, res.stdout
     assert "PASSED (10 pass)" in res.stdout and "fact_recall drop <= 0.05 vs baseline run" in res.stdout
     # a degraded strategy: exit 1 and the table says which gate and why; reusing the run (--run) says the same
@@ -158,8 +176,11 @@ def test_cli_exit_codes(world: Path) -> None:
     bad = world / "bad.yaml"
     bad.write_text(yaml.safe_dump({"dataset": "ds", "gates": [{"metric": "wer", "stat": "p90"}]}))
     res = runner.invoke(app, ["eval", str(bad), *runs, "--run", "cli1"], env=env)
-    assert res.exit_code == 2 and "gates: gate #1 {'metric': 'wer', 'stat': 'p90'}: gate: give exactly one of max: " \
-        "or min:" in " ".join(res.stdout.split())  # fmt: skip
+    assert (
+        res.exit_code == 2
+        and "gates: gate #1 {'metric': 'wer', 'stat': 'p90'}: gate: give exactly one of max: or min:"
+        in " ".join(res.stdout.split())
+    )
     res = runner.invoke(app, ["eval", str(world / "cli.yaml"), *runs, "--run", "cli1", "--baseline", "nope"], env=env)
     assert res.exit_code == 2 and "baseline: no run 'nope'" in res.stdout
     (world / "broken.yaml").write_text("gates: [unclosed\n")
@@ -193,8 +214,19 @@ def test_pytest_collects_one_item_per_bound_and_runs_the_suite_once(world: Path,
     suite.update(dataset=str(world / "ds"), config=str(world / "config.yaml"))
     (evals / "pt.yaml").write_text(yaml.safe_dump(suite))
     junit, runs = tmp_path / "junit.xml", tmp_path / "runs"
-    cmd = [sys.executable, "-m", "pytest", str(evals), "-p", "no:cacheprovider", "-q", f"--junitxml={junit}",
-           f"--eval-runs-dir={runs}", "--rootdir", str(tmp_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(evals),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        f"--junitxml={junit}",
+        f"--eval-runs-dir={runs}",
+        "--rootdir",
+        str(tmp_path),
+    ]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert out.returncode == 1, out.stdout + out.stderr
     suite_el = ET.parse(junit).getroot().find("testsuite")

@@ -84,7 +84,7 @@ def test_each_precision_reproduces_sentence_transformers_and_batches_like_single
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from workbench.config import EmbeddingsConfig
+    from workbench.core.config import EmbeddingsConfig
     from workbench.models.embeddings import MiniLMEmbedder
 
     questions = list(dict.fromkeys(t.user for t in load_turns(DEMO / "conversations.jsonl")))[:40]
@@ -105,7 +105,7 @@ def test_each_precision_reproduces_sentence_transformers_and_batches_like_single
 
 
 def test_changing_precision_rebuilds_the_index(tmp_path: Path) -> None:
-    from workbench.config import EmbeddingsConfig, WorkbenchConfig
+    from workbench.core.config import EmbeddingsConfig, WorkbenchConfig
     from workbench.models import ModelStack
 
     kb = tmp_path / "kb"
@@ -121,5 +121,8 @@ def test_changing_precision_rebuilds_the_index(tmp_path: Path) -> None:
             modes.append((idx.stats["mode"], idx.embedding.model_name))
             assert idx.retrieve("Where can I park my car?", 1)[0].source == "kb/parking.md"
     clear_cache()
-    assert modes == [("built", "all-MiniLM-L6-v2"), ("built", "all-MiniLM-L6-v2+linear-fp16"),
-                     ("loaded", "all-MiniLM-L6-v2+linear-fp16")]  # fmt: skip
+    assert modes == [
+        ("built", "all-MiniLM-L6-v2"),
+        ("built", "all-MiniLM-L6-v2+linear-fp16"),
+        ("loaded", "all-MiniLM-L6-v2+linear-fp16"),
+    ]

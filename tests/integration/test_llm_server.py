@@ -61,7 +61,7 @@ def test_server_dies_with_its_parent(tmp_path) -> None:
     import sys
 
     script = (
-        "from pathlib import Path; from workbench.config import EndpointConfig;"
+        "from pathlib import Path; from workbench.core.config import EndpointConfig;"
         "from workbench.models.llm_server import LocalLLMServer;"
         f"s = LocalLLMServer(EndpointConfig(), log_dir=Path({str(tmp_path)!r})); s.start();"
         "print(s.pid, flush=True); import time; time.sleep(60)"

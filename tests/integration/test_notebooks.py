@@ -38,7 +38,7 @@ def nb_runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def nb_stack(nb_runs_dir: Path) -> Iterator[Any]:
     """The notebooks' own config (notebooks/workbench.yaml), with its state in the temporary folder."""
-    from workbench.config import load_config
+    from workbench.core.config import load_config
     from workbench.models import ModelStack
 
     config = load_config(NOTEBOOKS / "workbench.yaml").model_copy(update={"state_dir": nb_runs_dir / "state"})
@@ -50,7 +50,7 @@ def nb_stack(nb_runs_dir: Path) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def nb_run(nb_runs_dir: Path, nb_stack: Any) -> Any:
     """Replays a notebook suite the first time it is asked for, then hands back the same run folder."""
-    from workbench.replay import load_suite, run
+    from workbench.workflows import load_suite, run
 
     made: dict[str, Path] = {}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workbench.config import WorkbenchConfig
+from workbench.core.config import WorkbenchConfig
 from workbench.models import ModelStack
 from workbench.models.doctor import run_checks
 

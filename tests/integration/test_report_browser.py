@@ -15,8 +15,8 @@ import soundfile as sf
 
 from workbench.analysis.report import PLOT_IDS, build_report
 from workbench.analysis.synthetic import Profile, synthetic_run
-from workbench.replay.schema import COLUMNS
-from workbench.replay.store import RunStore
+from workbench.core.schema import COLUMNS
+from workbench.core.store import RunStore
 from workbench.scoring.persist import load_scored, score_run_folder
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".workbench" / "artifacts"
@@ -43,8 +43,13 @@ def scored_run(tmp_path_factory: pytest.TempPathFactory, stack: Any) -> tuple[Pa
     dataset = root / "dataset"
     knowledge = Path(__file__).resolve().parents[2] / "datasets" / "dianachat_demo" / "knowledge"
     shutil.copytree(knowledge, dataset / "knowledge")
-    df = synthetic_run({"plain": Profile(), "rag": Profile(ttfc_s=0.6, total_s=1.5, skill=0.85)},
-                       conversations=4, turns=2, repetitions=2, seed=5)  # fmt: skip
+    df = synthetic_run(
+        {"plain": Profile(), "rag": Profile(ttfc_s=0.6, total_s=1.5, skill=0.85)},
+        conversations=4,
+        turns=2,
+        repetitions=2,
+        seed=5,
+    )
     # the rag strategy retrieves the right document's opening, as a retriever would
     is_rag = (df["strategy"] == "rag").tolist()
     refs = df["reference_contexts"].tolist()
@@ -54,16 +59,24 @@ def scored_run(tmp_path_factory: pytest.TempPathFactory, stack: Any) -> tuple[Pa
         speak(text, dataset / rel)
     runs = root / "runs"
     store = RunStore(runs / "browser-run")
-    store.write_manifest({"run_id": "browser-run", "name": "browser test", "status": "complete",
-                          "dataset": str(dataset)})  # fmt: skip
+    store.write_manifest(
+        {"run_id": "browser-run", "name": "browser test", "status": "complete", "dataset": str(dataset)}
+    )
     for r in df[list(COLUMNS)].to_dict("records"):  # the runner's columns only: scores come from scoring
         store.append(r)
     store.compact()
     store.close()
     _, scoring = score_run_folder("browser-run", runs_dir=runs, stack=stack)
     assert {o["name"]: o["status"] for o in scoring["scorers"]} == {
-        "ragas_text": "ok", "semantic": "ok", "facts": "ok", "wer": "ok", "retrieval": "ok",
-        "ragas_llm": "skipped", "livekit_judges": "skipped"}  # fmt: skip
+        "ragas_text": "ok",
+        "semantic": "ok",
+        "facts": "ok",
+        "wer": "ok",
+        "retrieval": "ok",
+        "ragas_llm": "skipped",
+        "livekit_judges": "skipped",
+        "faults": "skipped",  # no fault conversations
+    }
     return runs, root
 
 
@@ -87,10 +100,21 @@ def test_report_renders_in_headless_chromium(scored_run: tuple[Path, Path]) -> N
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "report.png"
     shot.unlink(missing_ok=True)
-    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-              f"--user-data-dir={root / 'profile'}"]  # fmt: skip
-    proc = subprocess.run([*common, "--window-size=1280,7000", f"--screenshot={shot}", report.as_uri()],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    common = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={root / 'profile'}",
+    ]
+    proc = subprocess.run(
+        [*common, "--window-size=1280,7000", f"--screenshot={shot}", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     dom = subprocess.run([*common, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]

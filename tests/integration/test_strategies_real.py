@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from workbench.strategies.registry import build
 
 pytestmark = pytest.mark.integration
 
+KNOWLEDGE = Path(__file__).resolve().parents[2] / "datasets" / "dianachat_demo" / "knowledge"
 PATIENT = {"first_chunk_timeout_s": 90.0, "chunk_timeout_s": 60.0}  # a busy machine is slow, not broken
 
 
@@ -29,7 +31,7 @@ async def two_turns(strategy: Any) -> list[tuple[str, Any]]:
 
 @pytest.mark.parametrize("kind", ["plain", "rag", "rag_middleware", "extractive"])
 async def test_strategy_answers_real_session_turns(stack, kind: str) -> None:
-    strategy = build({"kind": kind, **PATIENT}, stack)
+    strategy = build({"kind": kind, **PATIENT} | ({} if kind == "plain" else {"knowledge": str(KNOWLEDGE)}), stack)
     try:
         turns = await two_turns(strategy)
     finally:

@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 from livekit.agents import llm
 
+from workbench.core.store import MANIFEST_FILE, TURNS_FILE, typed_frame
 from workbench.core.wer import wer
 from workbench.models.audio import frames_to_mono_f32
 from workbench.pipeline import DEFAULT_INSTRUCTIONS, SpeechTextConfig, speech_text_transform
-from workbench.promote import load_promoted, promote
-from workbench.replay.store import MANIFEST_FILE, TURNS_FILE, typed_frame
+from workbench.pipeline.promoted import load_promoted
 from workbench.replay.voice import PlaybackSpeaker, RealtimeMicrophone, Utterance
 from workbench.strategies.builtin import PlainStrategy
 from workbench.worker import session_from_promoted
+from workbench.workflows.promote import promote
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +33,18 @@ def promoted_file(tmp_path: Path) -> Path:
     suite = {"name": "worker-it", "strategies": {"plain": "plain"}, "gates": [{"metric": "error_rate", "max": 0.0}]}
     manifest = {"run_id": "r-plain", "status": "complete", "dataset": "datasets/dianachat_demo", "suite": suite}
     (run / MANIFEST_FILE).write_text(json.dumps(manifest))
-    rows = [{"strategy": "plain", "mode": "text", "conversation_id": "c0", "turn_index": 0, "repetition": 0,
-             "voice": "", "llm_ttfc_s": 0.5, "error_kind": None}]  # fmt: skip
+    rows = [
+        {
+            "strategy": "plain",
+            "mode": "text",
+            "conversation_id": "c0",
+            "turn_index": 0,
+            "repetition": 0,
+            "voice": "",
+            "llm_ttfc_s": 0.5,
+            "error_kind": None,
+        }
+    ]
     typed_frame(rows).to_parquet(run / TURNS_FILE, index=False)
     result = promote("r-plain", "plain", runs_dir=tmp_path / "runs", out=tmp_path / "worker" / "promoted.yaml")
     assert load_promoted(result.path).strategy == {"kind": "plain", "name": "plain"}

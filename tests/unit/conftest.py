@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from agent_cases import ANSWER
 
-from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.core.config import EndpointConfig, WorkbenchConfig
+from workbench.faults.endpoint import Script, ScriptedEndpoint
 from workbench.models import ModelStack
 from workbench.strategies.base import count_tokens
-from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
 
 
 @pytest.fixture(scope="module")

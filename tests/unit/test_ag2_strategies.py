@@ -2,61 +2,39 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import Any
 
 import pytest
 from ag2.events import ModelRequest, ModelResponse
-from agent_cases import ANSWER, INSTRUCTIONS, chat_ctx, run_turn
+from agent_cases import (
+    ANSWER,
+    INSTRUCTIONS,
+    LEAD,
+    MORE,
+    NOTES,
+    PLAN,
+    by_role,
+    chat_ctx,
+    request_for,
+    run_turn,
+    running_tasks,
+    system_text,
+)
 
-from workbench.config import EndpointConfig
+from workbench.core.config import EndpointConfig
+from workbench.faults.endpoint import FAULTS, Script, ScriptedEndpoint
 from workbench.models import ModelStack, ResolvedEndpoint
-from workbench.replay.faults import EXPECTED_KIND, PARTIAL_FAULTS
 from workbench.strategies.ag2 import AG2Clients, AG2Strategy, AG2TeamStrategy, create_options, to_ag2
 from workbench.strategies.registry import available, build
-from workbench.testing.scripted_endpoint import FAULTS, RecordedRequest, Script, ScriptedEndpoint
+from workbench.workflows.faults import EXPECTED_KIND, PARTIAL_FAULTS
 
 pytestmark = pytest.mark.usefixtures("_warm_tokenizer")
 
-NOTES = "- Main Street: 8 am to 6 pm on weekdays."
-PLAN = "- an answer"
-LEAD = "We open at eight."
-MORE = "That is Monday to Friday, until six."
 QUICK = {"first_chunk_timeout_s": 0.3, "chunk_timeout_s": 0.3}  # hang and trickle fall back quickly
 
 
-def request_for(endpoint: ScriptedEndpoint, marker: str) -> RecordedRequest:
-    return next(r for r in endpoint.chat_requests if marker in system_text(r))
-
-
-def system_text(req: RecordedRequest) -> str:
-    msgs = req.messages
-    return msgs[0]["content"] if msgs and msgs[0]["role"] == "system" else ""
-
-
-def by_role(helper: Script, lead: Script, final: Script, editor: Script | None = None) -> Any:
-    """Answers by role, recognised from the system prompt each member sends; anything else (plain) gets ANSWER."""
-
-    def pick(body: dict[str, Any]) -> Script:
-        system = body["messages"][0]["content"]
-        if "You are now the researcher" in system:
-            return helper
-        if "You are now the planner" in system:
-            return Script(text=PLAN)
-        if "Start your reply now" in system:
-            return lead
-        if "already said" in system:
-            return final
-        if "colleagues' notes" in system:  # the gather editor
-            return editor or final
-        return Script(text=ANSWER)
-
-    return pick
-
-
 def no_ag2_tasks() -> list[str]:
-    return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("ag2-")]
+    return running_tasks("ag2-")
 
 
 # -- conversion, registry, clients ---------------------------------------------------------------------------
@@ -208,8 +186,12 @@ async def test_every_fault_falls_back_or_apologises(
 async def test_gather_speaks_only_after_every_helper_is_done_and_reads_their_notes(
     endpoint: ScriptedEndpoint, scripted_stack: ModelStack
 ) -> None:
-    endpoint.default = by_role(Script(text=NOTES, ttft_s=0.03, gap_s=0.01), Script(text="unused"),
-                               Script(text="unused"), editor=Script(text=MORE, gap_s=0.01))  # fmt: skip
+    endpoint.default = by_role(
+        Script(text=NOTES, ttft_s=0.03, gap_s=0.01),
+        Script(text="unused"),
+        Script(text="unused"),
+        editor=Script(text=MORE, gap_s=0.01),
+    )
     team = build({"kind": "ag2_team", "coordination": "gather", "helpers": ["researcher", "planner"]}, scripted_stack)
     ctx = chat_ctx(("user", "When do you open?"))
     text, chunks = await run_turn(team, ctx)
@@ -272,7 +254,7 @@ async def test_low_latency_cuts_the_lead_in_at_its_first_sentence_and_skips_a_re
 ) -> None:
     endpoint.default = by_role(
         Script(text=NOTES), Script(text=f"{LEAD} And then more words follow here."), Script(text=f" {LEAD} {MORE}")
-    )  # fmt: skip  (a small model restarts)
+    )  # a small model restarts
     team = build("ag2_team", scripted_stack)
     text, _ = await run_turn(team, chat_ctx(("user", "When do you open?")))
     assert text == f"{LEAD} {MORE}"

@@ -30,10 +30,15 @@ def wav_header(
     size = n * block if data_size is None else data_size
     fmt_chunk = struct.pack("<HHIIHH", fmt, channels, rate, rate * block, block, bits)
     return (
-        b"RIFF" + struct.pack("<I", (36 + size) & 0xFFFFFFFF) + b"WAVE"
-        + b"fmt " + struct.pack("<I", 16) + fmt_chunk
-        + b"data" + struct.pack("<I", size & 0xFFFFFFFF)
-    )  # fmt: skip
+        b"RIFF"
+        + struct.pack("<I", (36 + size) & 0xFFFFFFFF)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt_chunk
+        + b"data"
+        + struct.pack("<I", size & 0xFFFFFFFF)
+    )
 
 
 def test_48k_stereo_wav_is_downmixed_and_resampled(tmp_path: Path) -> None:

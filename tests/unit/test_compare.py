@@ -19,7 +19,7 @@ from workbench.analysis.compare import (
 )
 from workbench.analysis.stats import wilcoxon
 from workbench.analysis.synthetic import Profile, degrade, synthetic_run
-from workbench.replay.store import typed_frame
+from workbench.core.store import typed_frame
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,9 @@ def test_quality_intervals_are_identical_for_identical_data_whatever_else_is_in_
     twin = run[run["strategy"] == "plain"].assign(strategy="twin")
     c = compare(pd.concat([run, twin], ignore_index=True), baseline="plain", n_boot=300, seed=4)
     q = c.quality.set_index(["strategy", "mode", "metric"])
-    pd.testing.assert_series_equal(q.loc[("plain", "text", "fact_recall")], q.loc[("twin", "text", "fact_recall")],
-                                   check_names=False)  # fmt: skip
+    pd.testing.assert_series_equal(
+        q.loc[("plain", "text", "fact_recall")], q.loc[("twin", "text", "fact_recall")], check_names=False
+    )
     again = compare(run, baseline="plain", n_boot=300, seed=4).quality.set_index(["strategy", "mode", "metric"])
     assert again.loc[("plain", "text", "fact_recall"), "ci_low"] == q.loc[("plain", "text", "fact_recall"), "ci_low"]
 
@@ -105,20 +106,38 @@ def test_quality_intervals_are_identical_for_identical_data_whatever_else_is_in_
 def _rows(spec: list[tuple[str, int, int, float | None, str | None]]) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for strategy, conv, rep, recall, err in spec:
-        rows.append({"strategy": strategy, "mode": "text", "voice": "", "conversation_id": f"c{conv}",
-                     "turn_index": 0, "repetition": rep, "facts": ["x"] if recall is not None else [],
-                     "answer": "a", "error_kind": err, "llm_ttfc_s": 0.5, "llm_total_s": 1.0,
-                     "fact_recall": recall if recall is not None else float("nan")})  # fmt: skip
+        rows.append(
+            {
+                "strategy": strategy,
+                "mode": "text",
+                "voice": "",
+                "conversation_id": f"c{conv}",
+                "turn_index": 0,
+                "repetition": rep,
+                "facts": ["x"] if recall is not None else [],
+                "answer": "a",
+                "error_kind": err,
+                "llm_ttfc_s": 0.5,
+                "llm_total_s": 1.0,
+                "fact_recall": recall if recall is not None else float("nan"),
+            }
+        )
     return typed_frame(rows)
 
 
 def test_pass_means_no_error_and_enough_facts_and_its_spread_over_repetitions() -> None:
-    df = _rows([
-        ("s", 1, 0, 1.0, None), ("s", 1, 1, 1.0, None),     # passes twice
-        ("s", 2, 0, 0.5, None), ("s", 2, 1, 1.0, None),     # fails once on recall
-        ("s", 3, 0, 1.0, "timeout"), ("s", 3, 1, 1.0, ""),  # fails once on an error ('' is no error)
-        ("s", 4, 0, None, None), ("s", 4, 1, None, None),   # no facts to miss: passes
-    ])  # fmt: skip
+    df = _rows(
+        [
+            ("s", 1, 0, 1.0, None),
+            ("s", 1, 1, 1.0, None),  # passes twice
+            ("s", 2, 0, 0.5, None),
+            ("s", 2, 1, 1.0, None),  # fails once on recall
+            ("s", 3, 0, 1.0, "timeout"),
+            ("s", 3, 1, 1.0, ""),  # fails once on an error ('' is no error)
+            ("s", 4, 0, None, None),
+            ("s", 4, 1, None, None),  # no facts to miss: passes
+        ]
+    )
     assert passed(df).tolist() == [True, True, False, True, False, True, True, True]
     assert passed(df, threshold=0.5).tolist()[2] is True
     c = compare(df, baseline=None, n_boot=50)
@@ -137,9 +156,21 @@ def _board_run() -> pd.DataFrame:
     rows = []
     for s, (recall, lat) in spec.items():
         for conv in range(4):
-            rows.append({"strategy": s, "mode": "text", "voice": "", "conversation_id": f"c{conv}",
-                         "turn_index": 0, "repetition": 0, "facts": ["a", "b", "c", "d"], "answer": "x",
-                         "fact_recall": recall, "llm_ttfc_s": lat, "llm_total_s": lat + 1})  # fmt: skip
+            rows.append(
+                {
+                    "strategy": s,
+                    "mode": "text",
+                    "voice": "",
+                    "conversation_id": f"c{conv}",
+                    "turn_index": 0,
+                    "repetition": 0,
+                    "facts": ["a", "b", "c", "d"],
+                    "answer": "x",
+                    "fact_recall": recall,
+                    "llm_ttfc_s": lat,
+                    "llm_total_s": lat + 1,
+                }
+            )
     return typed_frame(rows)
 
 
@@ -148,9 +179,17 @@ def test_leaderboard_ranks_best_quality_within_the_latency_budget() -> None:
     board = compare(df, baseline="fast", objective="fact_recall@llm_ttfc_s:p90<=1.5", n_boot=50).leaderboard
     assert board["strategy"].tolist() == ["balanced", "fast", "dominated", "accurate_slow"]
     assert board.set_index("strategy")["within_budget"].to_dict() == {
-        "balanced": True, "fast": True, "dominated": True, "accurate_slow": False}  # fmt: skip
+        "balanced": True,
+        "fast": True,
+        "dominated": True,
+        "accurate_slow": False,
+    }
     assert board.set_index("strategy")["pareto"].to_dict() == {
-        "balanced": True, "fast": True, "dominated": False, "accurate_slow": True}  # fmt: skip
+        "balanced": True,
+        "fast": True,
+        "dominated": False,
+        "accurate_slow": True,
+    }
     unconstrained = compare(df, baseline="fast", objective=Objective(latency="llm_ttfc_s"), n_boot=50).leaderboard
     assert unconstrained["strategy"].tolist()[:2] == ["accurate_slow", "balanced"]
     # ties on quality are broken by latency

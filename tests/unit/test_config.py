@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.config import ConfigError, EndpointConfig, env_overrides, load_config
+from workbench.core.config import ConfigError, EndpointConfig, env_overrides, load_config
 
 
 def test_embedded_default_needs_no_file() -> None:

@@ -22,20 +22,20 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from workbench.cli import app
-from workbench.replay import Suite, arun, load_run
-from workbench.replay.faults import FaultStack, fault_config
-from workbench.replay.schema import KEY
-from workbench.replay.store import JOURNAL_FILE, TURNS_FILE, RunStore, read_rows
-from workbench.replay.suite import VoiceOptions
-from workbench.testing.fakes import tone
-from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
+from workbench.core.schema import KEY
+from workbench.core.store import JOURNAL_FILE, TURNS_FILE, RunStore, read_rows
+from workbench.faults.endpoint import Script, ScriptedEndpoint
+from workbench.faults.speech import tone
+from workbench.workflows import Suite, arun, load_run
+from workbench.workflows.faults import FaultStack, fault_config
+from workbench.workflows.suite import VoiceOptions
 
 ROW = dict(strategy="plain", mode="text", voice="", conversation_id="c", repetition=0)
 
 WRITER = """
 import sys
 from pathlib import Path
-from workbench.replay.store import RunStore, read_rows
+from workbench.core.store import RunStore, read_rows
 path, start = Path(sys.argv[1]), int(sys.argv[2])
 store = RunStore(path)
 blob = "x" * 20000  # rows as large as real ones (contexts, LiveKit metrics): several write() calls each
@@ -54,8 +54,9 @@ def test_kill_during_compaction_leaves_a_readable_run_and_loses_no_acknowledged_
     rng = random.Random(7)
     acked = -1
     for _round in range(3):
-        proc = subprocess.Popen([sys.executable, str(script), str(run), str(acked + 1)], stdout=subprocess.PIPE,
-                                text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(run), str(acked + 1)], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout is not None
         first = proc.stdout.readline()  # the writer is up and has stored a row
         assert first.strip() == str(acked + 1)
@@ -100,7 +101,7 @@ def test_a_resumed_writer_after_a_torn_line_and_a_stale_temp_file_loses_nothing(
 HOLDER = """
 import sys, time
 from pathlib import Path
-from workbench.replay.store import RunStore
+from workbench.core.store import RunStore
 store = RunStore(Path(sys.argv[1]))
 print("holding", flush=True)
 time.sleep(60)
@@ -116,8 +117,9 @@ def test_cli_resume_of_a_run_another_process_is_writing_is_refused_with_exit_2(t
     holder = subprocess.Popen([sys.executable, str(script), str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
-        out = CliRunner().invoke(app, ["run", "--resume", "busy", "--runs-dir", str(tmp_path / "runs"), "-q"],
-                                 env={"COLUMNS": "200"})  # fmt: skip
+        out = CliRunner().invoke(
+            app, ["run", "--resume", "busy", "--runs-dir", str(tmp_path / "runs"), "-q"], env={"COLUMNS": "200"}
+        )
         assert out.exit_code == 2, out.output
         assert f"run busy is being written by pid {holder.pid}" in out.output
         assert "wait for it or use another run id" in out.output
@@ -143,8 +145,13 @@ def voice_dataset(root: Path, conversations: int = 2, turns: int = 3) -> dict[fl
             rel = f"audio/c{c}_{t}.wav"
             pcm = np.concatenate([np.zeros(1600), tone(freq, 0.4), np.zeros(3200)]).astype(np.float32)
             sf.write(root / rel, pcm, 16000, subtype="PCM_16")
-            conv_turns.append({"user": user, "audio": {"tone": rel},
-                               "audio_meta": {"tone": {"speech_start_s": 0.1, "speech_end_s": 0.5}}})  # fmt: skip
+            conv_turns.append(
+                {
+                    "user": user,
+                    "audio": {"tone": rel},
+                    "audio_meta": {"tone": {"speech_start_s": 0.1, "speech_end_s": 0.5}},
+                }
+            )
         lines.append(json.dumps({"id": f"c{c}", "tags": [], "turns": conv_turns}))
     (root / "conversations.jsonl").write_text("\n".join(lines) + "\n")
     return tones
@@ -153,9 +160,9 @@ def voice_dataset(root: Path, conversations: int = 2, turns: int = 3) -> dict[fl
 VOICE_RUNNER = """
 import json, sys
 from pathlib import Path
-from workbench.replay import Suite, run
-from workbench.replay.faults import FaultStack, fault_config
-from workbench.replay.suite import VoiceOptions
+from workbench.workflows import Suite, run
+from workbench.workflows.faults import FaultStack, fault_config
+from workbench.workflows.suite import VoiceOptions
 url, ds, runs, run_id = sys.argv[1:5]
 tones = {float(k): v for k, v in json.loads(Path(ds, "tones.json").read_text()).items()}
 stack = FaultStack(fault_config(url, url, Path(runs) / "state"), tones)

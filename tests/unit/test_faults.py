@@ -7,6 +7,7 @@ heard the recovery, that the session went on, and that the table flags what it s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from pathlib import Path
@@ -18,21 +19,23 @@ from typer.testing import CliRunner
 
 from workbench.analysis.gates import parse_gates
 from workbench.cli import app
-from workbench.replay import load_run
-from workbench.replay.faults import (
+from workbench.core.metrics import METRICS
+from workbench.scoring import available_scorers, score_run
+from workbench.scoring.faults import (
     ALL_FAULTS,
     ENDPOINT_FAULTS,
     EXPECTED_KIND,
     FAULT_TURN,
     PARTIAL_FAULTS,
-    FaultSuite,
-    arun_faults,
+    FaultScorer,
     fault_in,
-    fault_table,
-    is_fault_suite,
-    load_fault_suite,
     marker,
 )
+from workbench.workflows import load_run
+from workbench.workflows.eval import run_eval
+from workbench.workflows.faults import arun_faults, fault_table
+from workbench.workflows.runs import Run
+from workbench.workflows.suite import FaultSuite, Suite, load_suite, suite_from_dict
 
 SUITE_FILE = Path(__file__).resolve().parents[2] / "evals" / "faults.yaml"
 
@@ -43,12 +46,34 @@ def _quiet(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def shipped_suite(**changes: object) -> FaultSuite:
-    return load_fault_suite(SUITE_FILE).model_copy(update=changes)
+    suite = load_suite(SUITE_FILE)
+    assert isinstance(suite, FaultSuite)
+    return suite.model_copy(update=changes)
+
+
+def test_a_fault_suite_is_a_suite_loaded_like_any_other() -> None:
+    suite = load_suite(SUITE_FILE)
+    assert isinstance(suite, FaultSuite) and isinstance(suite, Suite) and suite.kind == "faults"
+    assert type(load_suite(SUITE_FILE.parent / "demo.yaml")) is Suite
+    # what the replay runner reads is the Suite's own fields
+    assert suite.strategy_config("plain") == {"kind": "plain", "name": "plain", **suite.strategies["plain"]}
+    assert suite.concurrency == 8 and suite.turn_timeout_s == 10 and suite.baseline == "plain"
+    # a manifest's dump comes back as the same model
+    again = suite_from_dict(suite.model_dump(mode="json"))
+    assert isinstance(again, FaultSuite) and again == suite
+    with pytest.raises(ValueError, match="voice_faults"):  # a replay suite does not take fault fields
+        Suite.model_validate({"voice_faults": ["stt_error"]})
+
+
+def test_fault_ok_is_a_registered_scorer_that_says_higher_is_better() -> None:
+    assert available_scorers()["faults"] is FaultScorer
+    assert FaultScorer.columns == ("fault", "fault_ok")
+    assert METRICS.metric("fault_ok").direction == "higher"  # type: ignore[union-attr]
+    assert METRICS.metric("fault").direction is None  # type: ignore[union-attr]  (a label, not a score)
 
 
 def test_the_shipped_suite_covers_every_fault_with_and_without_a_fallback() -> None:
-    suite = load_fault_suite(SUITE_FILE)
-    assert is_fault_suite(SUITE_FILE) and not is_fault_suite(SUITE_FILE.parent / "demo.yaml")
+    suite = shipped_suite()
     assert set(suite.faults) == set(ALL_FAULTS)
     assert {"stt_error", "tts_error"} <= set(suite.voice_faults)
     assert suite.strategies["plain"]["kind"] == "plain" and "fallback" not in suite.strategies["plain"]
@@ -65,6 +90,8 @@ def test_markers_name_faults_and_unknown_faults_are_refused() -> None:
         FaultSuite(faults=["http_503"])
     with pytest.raises(ValueError, match="not in faults"):
         FaultSuite(faults=["hang"], voice_faults=["stt_error"])
+    with pytest.raises(ValueError, match="not a fault suite"):
+        asyncio.run(arun_faults(SUITE_FILE.parent / "demo.yaml"))
 
 
 async def test_every_endpoint_fault_engages_the_fallback_within_the_timeout(tmp_path: Path) -> None:
@@ -98,16 +125,17 @@ async def test_every_endpoint_fault_engages_the_fallback_within_the_timeout(tmp_
     assert cut["answer"].iloc[0].startswith("You said:") and cut["answer"].iloc[0].endswith("how can I help?")
     healthy = df[df["turn_index"] != FAULT_TURN]
     assert healthy["error_kind"].isna().all() and healthy["answer"].str.startswith("You said:").all()
-    manifest = json.loads((res.path / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["faults"]["faults"] == list(ENDPOINT_FAULTS)
+    manifest = Run.load(res.path).manifest
+    assert manifest["status"] == "complete" and manifest["suite"]["faults"] == list(ENDPOINT_FAULTS)
     assert [g.status for g in res.gates] == ["pass", "pass"]
+    assert json.loads((res.path / "verdict.json").read_text())["passed"]  # judged like `workbench eval` judges
 
 
 async def test_speech_faults_in_voice_are_recorded_without_hanging_and_the_call_goes_on(tmp_path: Path) -> None:
     suite = shipped_suite(
         faults=["stt_error", "tts_error", "http_500"],
         voice_faults=["stt_error", "tts_error", "http_500"],
-        strategies={"plain_fallback": load_fault_suite(SUITE_FILE).strategies["plain_fallback"]},
+        strategies={"plain_fallback": shipped_suite().strategies["plain_fallback"]},
     )
     res = await arun_faults(suite, runs_dir=tmp_path)
     assert res.passed, res.table[["fault", "mode", "problems"]]
@@ -139,9 +167,21 @@ async def test_speech_faults_in_voice_are_recorded_without_hanging_and_the_call_
 def _rows(fault: str, fault_row: dict[str, object], turns: int = 3, mode: str = "text") -> pd.DataFrame:
     rows = []
     for t in range(turns):
-        base = {"strategy": "s", "mode": mode, "voice": "", "conversation_id": f"fault-{fault}", "repetition": 0,
-                "turn_index": t, "tags": ["faults", f"fault:{fault}"], "answer": "You said: ok", "error_kind": None,
-                "fallback": None, "partial": False, "llm_ttfc_s": 0.1, "recovery_s": None}  # fmt: skip
+        base = {
+            "strategy": "s",
+            "mode": mode,
+            "voice": "",
+            "conversation_id": f"fault-{fault}",
+            "repetition": 0,
+            "turn_index": t,
+            "tags": ["faults", f"fault:{fault}"],
+            "answer": "You said: ok",
+            "error_kind": None,
+            "fallback": None,
+            "partial": False,
+            "llm_ttfc_s": 0.1,
+            "recovery_s": None,
+        }
         rows.append({**base, **(fault_row if t == FAULT_TURN else {})})
     return pd.DataFrame(rows)
 
@@ -185,6 +225,35 @@ def test_fault_table_flags_a_session_that_did_not_go_on_and_ignores_other_rows()
     assert fault_table(pd.DataFrame(), STRATS).empty
 
 
+def test_the_faults_scorer_scores_fault_conversations_and_skips_other_runs() -> None:
+    df = pd.concat([_rows("hang", GOOD_HANG), _rows("cut", {"error_kind": None})], ignore_index=True)
+    out = score_run(df, ["faults"])
+    assert out["fault"].tolist() == ["hang"] * 3 + ["cut"] * 3
+    assert out["fault_ok"].tolist() == [1.0] * 3 + [0.0] * 3
+    outcome = out.attrs["scoring"]["scorers"][0]
+    assert outcome["status"] == "ok" and "recovery times not checked" in outcome["reason"]  # no answer key here
+    other = score_run(_rows("hang", {}).assign(tags=[["demo"]] * 3), ["faults"])
+    assert "fault_ok" not in other.columns
+    assert other.attrs["scoring"]["scorers"][0]["status"] == "skipped"
+
+
+async def test_workbench_eval_runs_a_fault_suite_also_from_inside_an_event_loop(tmp_path: Path) -> None:
+    """``run_eval`` on a fault suite goes through ``run_faults``; called here with this test's loop running
+    (as in a notebook), the run gets its own loop in a thread instead of failing in ``asyncio.run``."""
+    suite = shipped_suite(faults=["http_500"], voice_faults=[])
+    path = tmp_path / "f.yaml"
+    path.write_text(
+        yaml.safe_dump(suite.model_dump(mode="json", include={"kind", "faults", "voice_faults", "strategies", "gates"}))
+    )
+    asyncio.get_running_loop()
+    verdict = run_eval(path, runs_dir=tmp_path / "runs")
+    assert verdict.passed and [r.status for r in verdict.results] == ["pass", "pass"]
+    run = Run.load(verdict.run_path)
+    assert run.manifest["suite"]["kind"] == "faults" and run.manifest["eval"]["suite_path"] == str(path)
+    assert (run.rows["fault_ok"] == 1.0).all()
+    assert {o["name"]: o["status"] for o in run.scoring["scorers"]} == {"faults": "ok"}
+
+
 def test_cli_faults_prints_the_table_and_fails_a_strategy_that_cannot_recover(tmp_path: Path) -> None:
     spec = {
         "kind": "faults",
@@ -208,11 +277,11 @@ async def test_a_tts_failure_after_the_first_sentence_is_recorded_with_what_was_
     import numpy as np
     import soundfile as sf
 
-    from workbench.replay import Suite, arun
-    from workbench.replay.faults import FaultStack, fault_config
-    from workbench.replay.suite import VoiceOptions
-    from workbench.testing.fakes import FailingTTS, tone
-    from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
+    from workbench.faults.endpoint import Script, ScriptedEndpoint
+    from workbench.faults.speech import FailingTTS, tone
+    from workbench.workflows import Suite, arun
+    from workbench.workflows.faults import FaultStack, fault_config
+    from workbench.workflows.suite import VoiceOptions
 
     ds = tmp_path / "ds"
     (ds / "audio").mkdir(parents=True)

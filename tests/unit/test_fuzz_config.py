@@ -10,13 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from workbench.config import ConfigError, WorkbenchConfig, load_config
-from workbench.replay.suite import Suite, SuiteError, load_suite
+from workbench.core.config import ConfigError, WorkbenchConfig, load_config
+from workbench.workflows.suite import Suite, SuiteError, load_suite
 
 SETTINGS = settings(max_examples=150, deadline=800, suppress_health_check=[HealthCheck.function_scoped_fixture])
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20))
-values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
-                      max_leaves=8)  # fmt: skip
+values = st.recursive(
+    scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=8
+)
 keys = st.sampled_from(["llm", "endpoints", "stt", "tts", "vad", "turn", "embeddings", "state_dir", "bogus"])
 
 

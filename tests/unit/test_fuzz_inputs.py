@@ -182,10 +182,14 @@ def test_wav_headers_with_absurd_fields(
 ) -> None:
     block = (channels * bits // 8) & 0xFFFF
     header = (
-        b"RIFF" + struct.pack("<I", (36 + declared) & 0xFFFFFFFF) + b"WAVE"
-        + b"fmt " + struct.pack("<IHHIIHH", 16, fmt, channels & 0xFFFF, rate, (rate * block) & 0xFFFFFFFF, block, bits)
-        + b"data" + struct.pack("<I", declared)
-    )  # fmt: skip
+        b"RIFF"
+        + struct.pack("<I", (36 + declared) & 0xFFFFFFFF)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, fmt, channels & 0xFFFF, rate, (rate * block) & 0xFFFFFFFF, block, bits)
+        + b"data"
+        + struct.pack("<I", declared)
+    )
     _check_load(header + payload)
 
 

@@ -17,19 +17,36 @@ from workbench.analysis.gates import (
     parse_gates,
 )
 from workbench.analysis.stats import wilcoxon
-from workbench.replay.suite import Suite
+from workbench.workflows.suite import Suite
 
 
-def table(strategy: str, values: dict[str, list[float]], *, items: int | None = None, reps: int = 1,
-          mode: str = "text", voice: str = "", errors: int = 0) -> pd.DataFrame:  # fmt: skip
+def table(
+    strategy: str,
+    values: dict[str, list[float]],
+    *,
+    items: int | None = None,
+    reps: int = 1,
+    mode: str = "text",
+    voice: str = "",
+    errors: int = 0,
+) -> pd.DataFrame:
     """Rows for one strategy: item i is conversation c{i}, turn 0; columns from ``values`` (one per row)."""
     n = len(next(iter(values.values())))
     items = items or n // reps
     rows = []
     for k in range(n):
-        rows.append({"strategy": strategy, "mode": mode, "voice": voice, "conversation_id": f"c{k % items}",
-                     "turn_index": 0, "repetition": k // items, "error_kind": "timeout" if k < errors else None,
-                     **{c: v[k] for c, v in values.items()}})  # fmt: skip
+        rows.append(
+            {
+                "strategy": strategy,
+                "mode": mode,
+                "voice": voice,
+                "conversation_id": f"c{k % items}",
+                "turn_index": 0,
+                "repetition": k // items,
+                "error_kind": "timeout" if k < errors else None,
+                **{c: v[k] for c, v in values.items()},
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -66,8 +83,10 @@ def test_labels_read_like_the_gate() -> None:
     assert gate(metric="llm_ttfc_s", stat="p90", max=1, mode="text").label == "p90 llm_ttfc_s (text)"
     assert gate(metric="error_rate", max=0).label == "error_rate"
     assert gate(metric="fact_recall", max_drop=0.05).label == "fact_recall drop <= 0.05 vs baseline run"
-    assert gate(metric="v2v_s", max_rise="20%", against="plain", mode="voice").label == \
-        "v2v_s rise <= 20% vs plain (voice)"  # fmt: skip
+    assert (
+        gate(metric="v2v_s", max_rise="20%", against="plain", mode="voice").label
+        == "v2v_s rise <= 20% vs plain (voice)"
+    )
 
 
 # -- bounds -----------------------------------------------------------------------------------------------
@@ -101,8 +120,12 @@ def test_missing_evidence_is_an_error_never_a_pass() -> None:
 
 
 def test_mode_and_voice_scope_the_rows() -> None:
-    df = pd.concat([table("plain", {"v2v_s": [1.0, 1.2]}, mode="voice", voice="piper"),
-                    table("plain", {"v2v_s": [3.0, 3.4]}, mode="voice", voice="espeak")])  # fmt: skip
+    df = pd.concat(
+        [
+            table("plain", {"v2v_s": [1.0, 1.2]}, mode="voice", voice="piper"),
+            table("plain", {"v2v_s": [3.0, 3.4]}, mode="voice", voice="espeak"),
+        ]
+    )
     assert check_gate(df, "plain", gate(metric="v2v_s", max=2, voice="piper")).value == pytest.approx(1.1)
     assert check_gate(df, "plain", gate(metric="v2v_s", max=2, voice="espeak")).value == pytest.approx(3.2)
     r = check_gate(df, "plain", gate(metric="v2v_s", max=2, mode="text"))
@@ -192,25 +215,38 @@ def test_one_sided_wilcoxon_direction() -> None:
 
 # -- the whole suite -----------------------------------------------------------------------------------------
 def test_evaluate_gates_expands_per_strategy_and_compares_within_the_run() -> None:
-    df = pd.concat([
-        table("plain", {"fact_recall": [1.0] * 6, "llm_ttfc_s": [0.3] * 6}),
-        table("extractive", {"fact_recall": [1.0] * 6, "llm_ttfc_s": [0.05] * 6}),
-        table("rag", {"fact_recall": [0.0] * 6, "llm_ttfc_s": [0.5] * 6}),
-    ])  # fmt: skip
-    suite = {"strategies": {"plain": "plain", "extractive": "extractive", "rag": "rag"}, "baseline": "plain",
-             "gates": [{"metric": "llm_ttfc_s", "stat": "p90", "max": 0.4},
-                       {"metric": "fact_recall", "max_drop": 0.1, "against": "baseline"},
-                       {"metric": "fact_recall", "max_drop": 0.1}]}  # fmt: skip
+    df = pd.concat(
+        [
+            table("plain", {"fact_recall": [1.0] * 6, "llm_ttfc_s": [0.3] * 6}),
+            table("extractive", {"fact_recall": [1.0] * 6, "llm_ttfc_s": [0.05] * 6}),
+            table("rag", {"fact_recall": [0.0] * 6, "llm_ttfc_s": [0.5] * 6}),
+        ]
+    )
+    suite = {
+        "strategies": {"plain": "plain", "extractive": "extractive", "rag": "rag"},
+        "baseline": "plain",
+        "gates": [
+            {"metric": "llm_ttfc_s", "stat": "p90", "max": 0.4},
+            {"metric": "fact_recall", "max_drop": 0.1, "against": "baseline"},
+            {"metric": "fact_recall", "max_drop": 0.1},
+        ],
+    }
     results = evaluate_gates(df, {}, suite)
     got = [(r.gate_index, r.strategy, r.status) for r in results]
     assert got == [
-        (0, "plain", "pass"), (0, "extractive", "pass"), (0, "rag", "fail"),
-        (1, "extractive", "pass"), (1, "rag", "fail"),  # not plain against itself
-        (2, "plain", "skipped"), (2, "extractive", "skipped"), (2, "rag", "skipped"),  # no baseline run given
-    ]  # fmt: skip
+        (0, "plain", "pass"),
+        (0, "extractive", "pass"),
+        (0, "rag", "fail"),
+        (1, "extractive", "pass"),
+        (1, "rag", "fail"),  # not plain against itself
+        (2, "plain", "skipped"),
+        (2, "extractive", "skipped"),
+        (2, "rag", "skipped"),  # no baseline run given
+    ]
     assert results[4].reference == "strategy 'plain'"
-    assert [(i, s) for i, _, s in expand(parse_gates(suite["gates"]), list(suite["strategies"]))] == \
-        [(r.gate_index, r.strategy) for r in results]  # fmt: skip
+    assert [(i, s) for i, _, s in expand(parse_gates(suite["gates"]), list(suite["strategies"]))] == [
+        (r.gate_index, r.strategy) for r in results
+    ]
     # with a baseline run (here: the same rows), the run regressions are decided
     results = evaluate_gates(df, {}, suite, baseline=df)
     assert [r.status for r in results if r.gate_index == 2] == ["pass", "pass", "pass"]
@@ -219,7 +255,7 @@ def test_evaluate_gates_expands_per_strategy_and_compares_within_the_run() -> No
 def test_evaluate_gates_uses_the_baseline_the_manifest_records(tmp_path) -> None:
     import json
 
-    from workbench.replay.store import MANIFEST_FILE, TURNS_FILE, typed_frame
+    from workbench.core.store import MANIFEST_FILE, TURNS_FILE, typed_frame
 
     base = table("rag", {"llm_ttfc_s": [0.2] * 6})
     run = tmp_path / "b1"

@@ -277,8 +277,9 @@ def test_chunks_are_small_markdown_aware_and_point_to_their_document(tmp_path: P
     nodes = chunk_documents(read_folder(folder))
     assert len(nodes) > 3
     assert all(count_tokens(n.text) <= CHUNK_TOKENS for n in nodes)
-    assert all(n.ref_doc_id == "kb/prices.md" and n.metadata == {"source": "kb/prices.md", "title": "Prices"}
-               for n in nodes)  # fmt: skip
+    assert all(
+        n.ref_doc_id == "kb/prices.md" and n.metadata == {"source": "kb/prices.md", "title": "Prices"} for n in nodes
+    )
     assert [n.node_id for n in nodes] == [f"kb/prices.md#{i}" for i in range(len(nodes))]
     # list items are never cut in half
     items = [line for n in nodes for line in n.text.splitlines() if line.startswith("- Item")]
@@ -318,8 +319,8 @@ def test_cli_index_builds_then_reuses_and_reports_errors(kb: Path, out: Path, tm
 
 
 def test_model_loads_only_when_something_needs_embedding(kb: Path, tmp_path: Path) -> None:
-    from workbench.config import WorkbenchConfig
-    from workbench.knowledge import MiniLMEmbedding
+    from workbench.core.config import WorkbenchConfig
+    from workbench.knowledge import LlamaIndexEmbedding
 
     class FakeStack:  # what open_index uses of a ModelStack: the config and the embedder factory
         def __init__(self) -> None:
@@ -343,4 +344,4 @@ def test_model_loads_only_when_something_needs_embedding(kb: Path, tmp_path: Pat
     index = open_index(kb, third)  # type: ignore[arg-type]
     assert third.loads == 1 and index.stats["embedded"] == 0  # warmed for the first live turn, not counted
     with pytest.raises(TypeError, match="name="):
-        MiniLMEmbedding(second.embedder)
+        LlamaIndexEmbedding(second.embedder)

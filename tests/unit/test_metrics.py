@@ -21,8 +21,8 @@ from workbench.analysis.gates import GateSpecError, check_gate, parse_gates
 from workbench.analysis.stats import catalogue, is_error, label, pair_turns, score_columns, wilcoxon
 from workbench.analysis.summary import run_summary
 from workbench.core.metrics import METRICS, Direction, Metric, metric
-from workbench.replay.schema import COLUMNS
-from workbench.replay.store import typed_frame
+from workbench.core.schema import COLUMNS
+from workbench.core.store import typed_frame
 from workbench.scoring import SCORERS, Scorer, available_scorers, scorer
 
 IDENTITY = {"turn_index", "repetition"}  # numbers that name a row rather than measure it

@@ -83,8 +83,16 @@ def test_any_chunking_gives_the_one_shot_result(text: str, cuts: list[int]) -> N
 
 
 async def test_markdown_is_stripped_to_speakable_text() -> None:
-    chunks = ["# Opening", " hours\n", "**Dr.", "** Lee sees *walk-ins* at [Main St.](https://x.org/a)", "\n", "- Mon",
-              "day `9am`\n", "1. ~~closed~~ open 😀\n"]  # fmt: skip
+    chunks = [
+        "# Opening",
+        " hours\n",
+        "**Dr.",
+        "** Lee sees *walk-ins* at [Main St.](https://x.org/a)",
+        "\n",
+        "- Mon",
+        "day `9am`\n",
+        "1. ~~closed~~ open 😀\n",
+    ]
     out = "".join(await _collect(speech_text_transform(SpeechTextConfig()), chunks))
     assert out == "Opening hours\nDoctor Lee sees walk-ins at Main Street\nMonday 9am\n1.  open \n"
     assert not set(out) & set("#*[]()`~_")

@@ -11,16 +11,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from workbench.analysis.gates import GateSpecError, evaluate_gates, parse_gates
 from workbench.cli import app
-from workbench.promote import (
-    GateSpecError,
-    PromotionRefused,
-    evaluate_gates,
-    load_promoted,
-    parse_gates,
-    promote,
-)
-from workbench.replay.store import MANIFEST_FILE, TURNS_FILE, typed_frame
+from workbench.core.store import MANIFEST_FILE, TURNS_FILE, typed_frame
+from workbench.pipeline.promoted import load_promoted
+from workbench.workflows.promote import PromotionRefused, promote
 
 GATES = [
     {"metric": "llm_ttfc_s", "stat": "p90", "max": 1.0},
@@ -34,12 +29,21 @@ SLOW_TTFC = [1.2, 1.5, 0.9, 2.0, 1.1, 1.3, 1.4, 1.6, 1.0, 1.8]
 def _rows(strategy: str, ttfc: list[float], errors: int, recall: float) -> list[dict]:
     return [
         {
-            "run_id": "r1", "strategy": strategy, "mode": "text", "conversation_id": f"c{i // 2}", "turn_index": i % 2,
-            "repetition": 0, "voice": "", "user_text": "q", "answer": "a", "llm_ttfc_s": t,
-            "error_kind": "timeout" if i < errors else None, "fact_recall": recall,
+            "run_id": "r1",
+            "strategy": strategy,
+            "mode": "text",
+            "conversation_id": f"c{i // 2}",
+            "turn_index": i % 2,
+            "repetition": 0,
+            "voice": "",
+            "user_text": "q",
+            "answer": "a",
+            "llm_ttfc_s": t,
+            "error_kind": "timeout" if i < errors else None,
+            "fact_recall": recall,
         }
         for i, t in enumerate(ttfc)
-    ]  # fmt: skip
+    ]
 
 
 @pytest.fixture
@@ -87,8 +91,11 @@ def test_refuses_a_failing_strategy_and_says_which_gate(runs: Path) -> None:
 
 def test_refuses_when_the_evidence_is_missing(runs: Path, tmp_path: Path) -> None:
     suite = tmp_path / "voice-gates.yaml"
-    suite.write_text(yaml.safe_dump({"gates": [{"metric": "v2v_s", "stat": "p90", "max": 1.5},
-                                               {"metric": "wer_strict", "max": 0.2}]}))  # fmt: skip
+    suite.write_text(
+        yaml.safe_dump(
+            {"gates": [{"metric": "v2v_s", "stat": "p90", "max": 1.5}, {"metric": "wer_strict", "max": 0.2}]}
+        )
+    )
     with pytest.raises(PromotionRefused) as exc:
         _promote(runs, "plain", suite_path=suite)
     msg = str(exc.value)
@@ -168,13 +175,19 @@ def test_evaluate_gates_scopes_by_mode_and_strategy(runs: Path) -> None:
     import pandas as pd
 
     df = pd.read_parquet(runs / "r1" / TURNS_FILE)
-    suite = {"strategies": {"plain": "plain", "slow": "plain"},
-             "gates": [{"metric": "llm_ttfc_s", "stat": "max", "max": 1.0, "strategies": ["slow"]},
-                       {"metric": "llm_ttfc_s", "stat": "median", "max": 1.0, "mode": "voice"}]}  # fmt: skip
+    suite = {
+        "strategies": {"plain": "plain", "slow": "plain"},
+        "gates": [
+            {"metric": "llm_ttfc_s", "stat": "max", "max": 1.0, "strategies": ["slow"]},
+            {"metric": "llm_ttfc_s", "stat": "median", "max": 1.0, "mode": "voice"},
+        ],
+    }
     results = evaluate_gates(df, {}, suite)
     assert [(r.name, r.strategy) for r in results] == [
-        ("max llm_ttfc_s", "slow"), ("median llm_ttfc_s (voice)", "plain"), ("median llm_ttfc_s (voice)", "slow"),
-    ]  # fmt: skip
+        ("max llm_ttfc_s", "slow"),
+        ("median llm_ttfc_s (voice)", "plain"),
+        ("median llm_ttfc_s (voice)", "slow"),
+    ]
     assert results[0].value == 2.0 and not results[0].passed and results[0].detail == "2 > 1"
     assert results[1].missing and "in voice mode" in results[1].detail
 
@@ -200,8 +213,15 @@ MEASURED_MODELS = {
 
 def test_promote_writes_the_versions_and_model_hashes_the_run_measured(runs: Path) -> None:
     m = json.loads((runs / "r1" / MANIFEST_FILE).read_text())
-    versions = {"dianachat-workbench": "0.1.0", "livekit-agents": "1.8.6", "livekit": "1.1.20", "openai": "2.54.0",
-                "httpx2": "2.16.0", "livekit-plugins-openai": "1.8.6", "livekit-plugins-silero": "1.8.6"}  # fmt: skip
+    versions = {
+        "dianachat-workbench": "0.1.0",
+        "livekit-agents": "1.8.6",
+        "livekit": "1.1.20",
+        "openai": "2.54.0",
+        "httpx2": "2.16.0",
+        "livekit-plugins-openai": "1.8.6",
+        "livekit-plugins-silero": "1.8.6",
+    }
     m.update(versions=versions, workbench_version="0.1.0", models=MEASURED_MODELS)
     (runs / "r1" / MANIFEST_FILE).write_text(json.dumps(m))
     result = _promote(runs, "plain")
@@ -229,7 +249,7 @@ def test_an_older_promoted_file_falls_back_to_its_evidence_versions(tmp_path: Pa
 
 
 def test_cli_promote_says_what_the_strategy_was_measured_with(runs: Path, tmp_path: Path) -> None:
-    from workbench.versions import installed_version
+    from workbench.models.versions import installed_version
 
     out = tmp_path / "w" / "promoted.yaml"
     args = ["promote", "r1", "--runs-dir", str(runs), "--out", str(out), "--strategy", "plain"]

@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 from livekit.agents import Agent, AgentSession, llm
 
-from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.core.config import EndpointConfig, WorkbenchConfig
+from workbench.faults.endpoint import Script, ScriptedEndpoint
+from workbench.knowledge import KnowledgeError
 from workbench.models import ModelStack
+from workbench.strategies import build
 from workbench.strategies.base import Passage
 from workbench.strategies.rag import (
     ExtractiveStrategy,
@@ -17,7 +20,7 @@ from workbench.strategies.rag import (
     rag_llm_node,
     speakable,
 )
-from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
+from workbench.strategies.registry import with_knowledge
 
 HOURS = Passage(
     "# Hours\n\nMain Street is open 8 am to 6 pm on weekdays.\n\n- Closed Sundays", "knowledge/hours.md", 0.8
@@ -150,3 +153,20 @@ def test_recovery_keys_under_inner_are_refused_with_where_they_belong() -> None:
         RagMiddlewareStrategy.Config(inner={"kind": "plain", "fallback": "extractive", "apology": None})
     assert RagMiddlewareStrategy.Config(inner={"kind": "plain", "endpoint": "default"}).placement == "user_turn"
     assert RagStrategy.Config().placement == "instructions"
+
+
+@pytest.mark.parametrize("kind", ["rag", "rag_middleware", "hybrid", "extractive"])
+def test_a_retrieval_strategy_without_a_knowledge_folder_is_a_clear_error(
+    kind: str, scripted_stack: ModelStack
+) -> None:
+    with pytest.raises(KnowledgeError, match="needs `knowledge:`"):
+        build({"kind": kind}, scripted_stack)
+
+
+def test_a_fallback_searches_the_outer_strategys_knowledge_unless_it_names_its_own() -> None:
+    spec = {"kind": "rag", "knowledge": "/docs/a", "fallback": {"kind": "extractive"}}
+    got = with_knowledge(spec, spec["knowledge"])
+    assert got["fallback"] == {"kind": "extractive", "knowledge": "/docs/a"}
+    own = with_knowledge({"kind": "rag", "fallback": {"kind": "extractive", "knowledge": "/docs/b"}}, "/docs/a")
+    assert own["fallback"]["knowledge"] == "/docs/b" and own["knowledge"] == "/docs/a"
+    assert with_knowledge({"kind": "plain"}, "/docs/a") == {"kind": "plain"}  # no documents to search

@@ -13,37 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workbench.config import EndpointConfig, WorkbenchConfig
-from workbench.models import ModelStack
-from workbench.replay import Suite, arun, load_run
-from workbench.replay.schema import COLUMNS, KEY
-from workbench.replay.store import RunLockedError, RunStore, read_rows
-from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
-
-
-def make_dataset(root: Path, conversations: int = 3, turns: int = 2, extra_lines: list[str] | None = None) -> Path:
-    (root / "knowledge").mkdir(parents=True)
-    (root / "knowledge" / "hours.md").write_text("# Hours\n\nWe are open 8 am to 6 pm on weekdays.\n")
-    lines = []
-    for c in range(conversations):
-        conv = {
-            "id": f"c{c}",
-            "tags": ["t"],
-            "turns": [
-                {"user": f"question {c}.{t}", "reference": f"answer {c}.{t}", "contexts": ["knowledge/hours.md"],
-                 "facts": ["8 am"]}
-                for t in range(turns)
-            ],
-        }  # fmt: skip
-        lines.append(json.dumps(conv))
-    lines += extra_lines or []
-    (root / "conversations.jsonl").write_text("\n".join(lines) + "\n")
-    return root
-
-
-def scripted_stack(ep: ScriptedEndpoint, tmp_path: Path) -> ModelStack:
-    llm = EndpointConfig(kind="openai", base_url=ep.base_url, model="scripted-model")
-    return ModelStack(WorkbenchConfig(llm=llm, state_dir=tmp_path / "state"))
+from workbench.core.schema import COLUMNS, KEY
+from workbench.core.store import RunLockedError, RunStore, read_rows
+from workbench.faults.endpoint import Script, ScriptedEndpoint
+from workbench.testing.worlds import make_dataset, scripted_stack
+from workbench.workflows import Suite, arun, load_run
 
 
 async def test_ttfc_is_measured_within_10ms_of_the_scripted_delay(tmp_path: Path) -> None:
@@ -97,8 +71,9 @@ async def test_failed_turn_gets_an_error_row_and_the_conversation_goes_on(tmp_pa
 async def test_malformed_dataset_lines_are_reported_and_the_run_goes_on(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "ds", conversations=2, turns=1, extra_lines=["{not json", '{"id": "x"}'])
     async with ScriptedEndpoint() as ep:
-        res = await arun(Suite(dataset=ds), runs_dir=tmp_path / "runs", stack=scripted_stack(ep, tmp_path),
-                         progress=False)  # fmt: skip
+        res = await arun(
+            Suite(dataset=ds), runs_dir=tmp_path / "runs", stack=scripted_stack(ep, tmp_path), progress=False
+        )
     assert len(load_run(res.path)) == 2
     manifest = json.loads((res.path / "manifest.json").read_text())
     assert len(manifest["dataset_problems"]) == 2
@@ -132,9 +107,9 @@ def test_a_torn_journal_line_is_ignored_and_last_row_per_key_wins(tmp_path: Path
 RUNNER = """
 import sys
 from pathlib import Path
-from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.core.config import EndpointConfig, WorkbenchConfig
 from workbench.models import ModelStack
-from workbench.replay import Suite, run
+from workbench.workflows import Suite, run
 stack = ModelStack(WorkbenchConfig(llm=EndpointConfig(kind="openai", base_url=sys.argv[1], model="m")))
 suite = Suite(dataset=Path(sys.argv[2]), strategies={"plain": "plain", "second": "plain"}, concurrency=1)
 resume = sys.argv[5] if len(sys.argv) > 5 else None

@@ -2,58 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
-from workbench.config import EndpointConfig, TurnConfig, WorkbenchConfig
-from workbench.models import ModelStack
-from workbench.replay import Suite, arun, load_run
-from workbench.replay.suite import VoiceOptions
-from workbench.testing.fakes import EnergyVAD, FixedDelaySTT, FixedDelayTTS
-from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
-
-LEAD, SPEECH, TAIL = 0.3, 1.0, 1.2
-VAD_SILENCE, STT_DELAY, LLM_TTFT, TTS_TTFB, ENDPOINTING = 0.3, 0.1, 0.15, 0.08, 0.2
-
-
-def voice_dataset(root: Path, turns: int = 2, broken: dict[int, bytes] | None = None) -> Path:
-    (root / "knowledge").mkdir(parents=True)
-    (root / "knowledge" / "a.md").write_text("Open 8 am to 6 pm.\n")
-    (root / "audio").mkdir()
-    rate = 16000
-    t = np.arange(int(SPEECH * rate)) / rate
-    speech = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)  # "speech" with an exactly known end
-    pcm = np.concatenate([np.zeros(int(LEAD * rate)), speech, np.zeros(int(TAIL * rate))]).astype(np.float32)
-    conv_turns = []
-    for i in range(turns):
-        rel = f"audio/c0_{i}.wav"
-        if broken and i in broken:
-            (root / rel).write_bytes(broken[i])
-        else:
-            sf.write(root / rel, pcm, rate, subtype="PCM_16")
-        conv_turns.append({
-            "user": f"question {i}", "reference": "r", "contexts": [], "facts": [], "audio": {"piper": rel},
-            "audio_meta": {"piper": {"speech_start_s": LEAD, "speech_end_s": LEAD + SPEECH}},
-        })  # fmt: skip
-    (root / "conversations.jsonl").write_text(json.dumps({"id": "c0", "tags": [], "turns": conv_turns}) + "\n")
-    return root
-
-
-def fake_speech_stack(ep: ScriptedEndpoint, tmp_path: Path, stt: FixedDelaySTT) -> ModelStack:
-    cfg = WorkbenchConfig(
-        llm=EndpointConfig(kind="openai", base_url=ep.base_url, model="m"),
-        turn=TurnConfig(mode="vad", min_endpointing_delay=ENDPOINTING, max_endpointing_delay=1.0),
-        state_dir=tmp_path / "state",
-    )
-    stack = ModelStack(cfg)
-    stack.vad = lambda: EnergyVAD(silence_s=VAD_SILENCE)  # type: ignore[method-assign]
-    stack.stt = lambda: stt  # type: ignore[method-assign]
-    stack.tts = lambda kind=None: FixedDelayTTS(ttfb_s=TTS_TTFB)  # type: ignore[method-assign]
-    return stack
+from workbench.faults.endpoint import Script, ScriptedEndpoint
+from workbench.faults.speech import FixedDelaySTT
+from workbench.testing.worlds import (
+    ENDPOINTING,
+    LLM_TTFT,
+    STT_DELAY,
+    TTS_TTFB,
+    VAD_SILENCE,
+    fake_speech_stack,
+    voice_dataset,
+)
+from workbench.workflows import Suite, arun, load_run
+from workbench.workflows.suite import VoiceOptions
 
 
 async def test_voice_to_voice_adds_up_to_the_known_component_delays(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import soundfile as sf
 
 from workbench.analysis.report import PLOT_IDS, _audio_tag, build_report
 from workbench.analysis.synthetic import synthetic_run
-from workbench.replay.schema import COLUMNS, KEY
-from workbench.replay.store import RunStore
+from workbench.core.schema import COLUMNS, KEY
+from workbench.core.store import RunStore
 from workbench.scoring.persist import write_scores
 
 SCORE_COLS = ["fact_recall", "semantic_similarity", "rouge_l"]
@@ -28,23 +28,41 @@ def store_run(
     """A real run folder: schema columns as turn rows, score columns in scores.parquet with their record."""
     store = RunStore(runs / run_id)
     manifest = {
-        "run_id": run_id, "name": f"test {run_id}", "status": "complete", "dataset": str(dataset),
-        "suite": {"baseline": "plain"}, "workbench_config": {"llm": {"kind": "local", "gguf": "smollm2"}},
-        "versions": {"livekit-agents": "1.8.6"}, "git_commit": "abc123", **manifest_extra,
-    }  # fmt: skip
+        "run_id": run_id,
+        "name": f"test {run_id}",
+        "status": "complete",
+        "dataset": str(dataset),
+        "suite": {"baseline": "plain"},
+        "workbench_config": {"llm": {"kind": "local", "gguf": "smollm2"}},
+        "versions": {"livekit-agents": "1.8.6"},
+        "git_commit": "abc123",
+        **manifest_extra,
+    }
     store.write_manifest(manifest)
     for r in df[[c for c in COLUMNS if c in df.columns]].to_dict("records"):
         store.append(dict(r, run_id=run_id))
     store.compact()
     store.close()
     if scored:
-        write_scores(runs / run_id, df, {"scorers": [
-            {"name": "facts", "status": "ok", "columns": ["fact_recall"], "reason": None, "seconds": 0.1},
-            {"name": "semantic", "status": "ok", "columns": ["semantic_similarity"], "reason": None, "seconds": 0.1},
-            {"name": "ragas_text", "status": "ok", "columns": ["rouge_l"], "reason": None, "seconds": 0.1},
-            {"name": "ragas_llm", "status": "skipped", "columns": [], "reason": NO_JUDGE, "seconds": 0.0},
-            {"name": "livekit_judges", "status": "skipped", "columns": [], "reason": NO_JUDGE, "seconds": 0.0},
-        ]})  # fmt: skip
+        write_scores(
+            runs / run_id,
+            df,
+            {
+                "scorers": [
+                    {"name": "facts", "status": "ok", "columns": ["fact_recall"], "reason": None, "seconds": 0.1},
+                    {
+                        "name": "semantic",
+                        "status": "ok",
+                        "columns": ["semantic_similarity"],
+                        "reason": None,
+                        "seconds": 0.1,
+                    },
+                    {"name": "ragas_text", "status": "ok", "columns": ["rouge_l"], "reason": None, "seconds": 0.1},
+                    {"name": "ragas_llm", "status": "skipped", "columns": [], "reason": NO_JUDGE, "seconds": 0.0},
+                    {"name": "livekit_judges", "status": "skipped", "columns": [], "reason": NO_JUDGE, "seconds": 0.0},
+                ]
+            },
+        )
     return runs / run_id
 
 
@@ -140,8 +158,16 @@ def test_cli_report_on_an_unscored_run_says_so_and_still_reports_pass_rates(
     from workbench.cli import app
 
     out = tmp_path / "cli.html"
-    args = ["report", "unscored", "--runs-dir", str(env["runs"]), "--out", str(out), "--objective",
-            "fact_recall@v2v_s:p90<=1.5"]  # fmt: skip
+    args = [
+        "report",
+        "unscored",
+        "--runs-dir",
+        str(env["runs"]),
+        "--out",
+        str(out),
+        "--objective",
+        "fact_recall@v2v_s:p90<=1.5",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     html = out.read_text()
@@ -176,11 +202,18 @@ def test_runs_measured_on_different_stacks_get_a_banner_listing_the_differences(
     llm = {"file": "SmolLM2-135M-Instruct.Q4_1.gguf", "sha256": "b179c9523d0e" + "0" * 52}
     stt = {"file": "model.bin", "sha256": "5" * 64}
     store_run(runs, "new", df, env["dataset"], versions=new, models={"llm": llm, "stt": stt})
-    store_run(runs, "old", df, env["dataset"], versions=old,
-              models={"llm": {**llm, "sha256": "1d9614638d18" + "0" * 52}, "stt": stt})  # fmt: skip
+    store_run(
+        runs,
+        "old",
+        df,
+        env["dataset"],
+        versions=old,
+        models={"llm": {**llm, "sha256": "1d9614638d18" + "0" * 52}, "stt": stt},
+    )
     out = tmp_path / "vs.html"
-    res = CliRunner().invoke(app, ["report", "new", "--vs", "old", "--runs-dir", str(runs), "--out", str(out)],
-                             env={"COLUMNS": "200"})  # fmt: skip
+    res = CliRunner().invoke(
+        app, ["report", "new", "--vs", "old", "--runs-dir", str(runs), "--out", str(out)], env={"COLUMNS": "200"}
+    )
     assert res.exit_code == 0, res.output
     html = out.read_text()
     banner = html.split("id='version-mismatch'")[1].split("</div>")[0]

@@ -11,19 +11,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from test_replay_text import make_dataset
 
 import workbench
-from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.core.config import EndpointConfig, WorkbenchConfig
 from workbench.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonable
 from workbench.core.metrics import METRICS, Metric
-from workbench.core.run import MANIFEST_FILE, SCORES_FILE, Run, list_runs, resolve_runs_dir
+from workbench.core.run import MANIFEST_FILE, SCORES_FILE, resolve_runs_dir
+from workbench.core.schema import KEY
+from workbench.core.store import RunStore
+from workbench.faults.endpoint import Script, ScriptedEndpoint
 from workbench.models import ModelStack
-from workbench.replay import Suite
-from workbench.replay.schema import KEY
-from workbench.replay.store import RunStore
 from workbench.scoring import SCORERS, Scorer, scorer
-from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
+from workbench.testing.worlds import make_dataset
+from workbench.workflows import Suite
+from workbench.workflows.runs import Run, list_runs
 
 HEDGES = "_test_hedges"
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.replay.store import RunStore, typed_frame
+from workbench.core.store import RunStore, typed_frame
 from workbench.scoring import SCORERS, Scorer, fact_mentioned, fact_recall, missed_facts, score_run, scorer
 from workbench.scoring.judge import JudgeCache, JudgeLLM
 
@@ -80,7 +80,7 @@ def frame(*rows: dict[str, Any]) -> pd.DataFrame:
         ("Suite 200", "Suite two hundred, on the second floor"),
         ("911", "call 9-1-1 right away"),
     ],
-)  # fmt: skip
+)
 def test_fact_is_found_in_equivalent_wording(fact: str, answer: str) -> None:
     assert fact_mentioned(fact, answer)
 
@@ -103,7 +103,7 @@ def test_fact_is_found_in_equivalent_wording(fact: str, answer: str) -> None:
         ("Mondays, Tuesdays and Thursdays", "Tuesdays, Mondays and Thursdays"),
         ("8 am", ""),
     ],
-)  # fmt: skip
+)
 def test_fact_is_not_found_when_the_answer_says_something_else(fact: str, answer: str) -> None:
     assert not fact_mentioned(fact, answer)
 
@@ -122,8 +122,14 @@ def test_fact_recall_counts_each_fact_and_is_nan_without_facts() -> None:
 
 @pytest.fixture(scope="module")
 def text_scores() -> pd.DataFrame:
-    df = frame(turn(IDENTICAL), turn(PARAPHRASE), turn(WRONG), turn(MISSING_FACT), turn(""),
-               turn("Anything at all.", reference=""))  # fmt: skip
+    df = frame(
+        turn(IDENTICAL),
+        turn(PARAPHRASE),
+        turn(WRONG),
+        turn(MISSING_FACT),
+        turn(""),
+        turn("Anything at all.", reference=""),
+    )
     return score_run(df, ["ragas_text", "facts"])
 
 
@@ -164,10 +170,15 @@ def test_rouge_l_matches_a_hand_count() -> None:
 def test_wer_scores_voice_rows_only_with_number_normalisation() -> None:
     df = frame(
         turn(IDENTICAL, mode="voice", voice="piper", user_text="we open at eight", transcript="We open at 8."),
-        turn(IDENTICAL, mode="voice", voice="piper", user_text="the clinic opens at nine",
-             transcript="the clinic closes at nine"),
+        turn(
+            IDENTICAL,
+            mode="voice",
+            voice="piper",
+            user_text="the clinic opens at nine",
+            transcript="the clinic closes at nine",
+        ),
         turn(IDENTICAL),
-    )  # fmt: skip
+    )
     out = score_run(df, ["wer"])
     assert out["wer"].iloc[0] == 0.0
     assert out["wer"].iloc[1] == pytest.approx(0.2)
@@ -197,16 +208,36 @@ def test_retrieval_by_id_and_by_text(dataset: Path) -> None:
     hours_chunk = "Main Street is open Monday to Friday from 8 am to 6 pm"
     parking_chunk = "There is a free lot behind the Main Street building with 40 spaces"
     df = frame(
-        turn(IDENTICAL, strategy="rag", reference_contexts=refs, context_sources=["knowledge/hours.md"],
-             contexts=[hours_chunk]),
-        turn(IDENTICAL, strategy="rag", reference_contexts=refs,
-             context_sources=["parking.md", "knowledge/hours.md#2"], contexts=[parking_chunk, hours_chunk]),
-        turn(IDENTICAL, strategy="rag", reference_contexts=refs, context_sources=["knowledge/parking.md"],
-             contexts=[parking_chunk]),
-        turn(IDENTICAL, strategy="rag", reference_contexts=[], context_sources=["knowledge/hours.md"],
-             contexts=[hours_chunk]),
+        turn(
+            IDENTICAL,
+            strategy="rag",
+            reference_contexts=refs,
+            context_sources=["knowledge/hours.md"],
+            contexts=[hours_chunk],
+        ),
+        turn(
+            IDENTICAL,
+            strategy="rag",
+            reference_contexts=refs,
+            context_sources=["parking.md", "knowledge/hours.md#2"],
+            contexts=[parking_chunk, hours_chunk],
+        ),
+        turn(
+            IDENTICAL,
+            strategy="rag",
+            reference_contexts=refs,
+            context_sources=["knowledge/parking.md"],
+            contexts=[parking_chunk],
+        ),
+        turn(
+            IDENTICAL,
+            strategy="rag",
+            reference_contexts=[],
+            context_sources=["knowledge/hours.md"],
+            contexts=[hours_chunk],
+        ),
         turn(IDENTICAL, strategy="plain"),
-    )  # fmt: skip
+    )
     out = score_run(df, ["retrieval"], dataset=dataset)
     got = out[["ctx_precision_id", "ctx_recall_id", "ctx_precision_text", "ctx_recall_text"]].to_numpy()
     np.testing.assert_allclose(got[0], [1.0, 1.0, 1.0, 1.0])
@@ -218,8 +249,14 @@ def test_retrieval_by_id_and_by_text(dataset: Path) -> None:
 
 
 def test_retrieval_without_dataset_keeps_id_metrics_and_says_why_text_ones_are_absent() -> None:
-    df = frame(turn(IDENTICAL, strategy="rag", context_sources=["knowledge/hours-main-street.md"],
-                    contexts=["Monday: 8 am to 6 pm"]))  # fmt: skip
+    df = frame(
+        turn(
+            IDENTICAL,
+            strategy="rag",
+            context_sources=["knowledge/hours-main-street.md"],
+            contexts=["Monday: 8 am to 6 pm"],
+        )
+    )
     out = score_run(df, ["retrieval"])
     assert out["ctx_recall_id"].iloc[0] == 1.0
     assert "ctx_recall_text" not in out.columns
@@ -310,7 +347,7 @@ class TinyStack:
 
 def scripted_judge(body: dict[str, Any]) -> Any:
     """A judge that knows the truth: an answer is right when it says '8 am'; it answers in each caller's format."""
-    from workbench.testing.scripted_endpoint import Script, ToolCall
+    from workbench.faults.endpoint import Script, ToolCall
 
     text = "\n".join(str(m.get("content")) for m in body["messages"])
     if body.get("tools"):  # LiveKit judges: a submit_verdict tool call
@@ -333,7 +370,7 @@ def scripted_judge(body: dict[str, Any]) -> Any:
 
 
 def test_judge_scorers_against_a_scripted_endpoint_and_the_cache(tmp_path: Path) -> None:
-    from workbench.testing.scripted_endpoint import ScriptedEndpoint
+    from workbench.faults.endpoint import ScriptedEndpoint
 
     passage = "Monday: 8 am to 6 pm"
     df = frame(
@@ -364,10 +401,13 @@ def test_judge_scorers_against_a_scripted_endpoint_and_the_cache(tmp_path: Path)
 
 
 def test_a_judge_that_cannot_follow_the_format_fails_visibly_not_with_placeholders(tmp_path: Path) -> None:
-    from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
+    from workbench.faults.endpoint import Script, ScriptedEndpoint
 
-    df = frame(turn("We open at 8 am on Mondays.", strategy="rag", contexts=["Monday: 8 am to 6 pm"],
-                    context_sources=["k/h.md"]))  # fmt: skip
+    df = frame(
+        turn(
+            "We open at 8 am on Mondays.", strategy="rag", contexts=["Monday: 8 am to 6 pm"], context_sources=["k/h.md"]
+        )
+    )
     with ScriptedEndpoint(default=Script(text="Sure! The answer looks fine to me.")) as ep:
         judge = JudgeLLM(base_url=ep.base_url, model="tiny-model", cache_dir=tmp_path / "cache")
         out = score_run(df, ["ragas_llm", "livekit_judges"], judge=judge, stack=TinyStack())
@@ -392,8 +432,9 @@ def test_judge_cache_key_changes_with_model_and_prompt_and_ignores_key_order() -
 
 def write_run(runs: Path, run_id: str, rows: list[dict[str, Any]], dataset: Path | None = None) -> Path:
     store = RunStore(runs / run_id)
-    store.write_manifest({"run_id": run_id, "name": run_id, "status": "complete",
-                          "dataset": str(dataset) if dataset else None})  # fmt: skip
+    store.write_manifest(
+        {"run_id": run_id, "name": run_id, "status": "complete", "dataset": str(dataset) if dataset else None}
+    )
     for r in rows:
         store.append(dict(r, run_id=run_id))
     store.compact()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import statistics
 import time
@@ -12,6 +11,7 @@ import httpx2
 import openai
 import openai.resources
 import pytest
+from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 from livekit.agents import llm
@@ -94,29 +94,52 @@ async def test_queue_then_default_then_callable(client: openai.AsyncClient) -> N
     assert seen[0]["messages"] == MSGS and seen[0]["stream"] is True
 
 
-async def test_ttft_and_gaps_are_deadline_accurate(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
-    """Tokens are scheduled from arrival, never early, and a late one does not delay the rest (no drift).
+async def test_tokens_keep_a_schedule_fixed_at_arrival(
+    ep: ScriptedEndpoint, client: openai.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Token ``i`` is due at ``arrived + ttft + i * gap``, is never sent before that, and a late token does not
+    push the rest back (no drift): the tokens already due after it go out without waiting."""
+    real_sleep_until = ep._sleep_until
+    due: list[tuple[float, bool]] = []  # (deadline, already past when the server reached it)
 
-    Tolerances allow for two noisy shared cores: median within 3 ms, any token within 10 ms.
-    """
+    async def sleep_until(deadline: float) -> None:
+        due.append((deadline, time.perf_counter() >= deadline))
+        await real_sleep_until(deadline)
+        if len(due) == 3:
+            time.sleep(0.05)  # blocks the loop: token 2 leaves late, after the deadlines of tokens 3 and 4
+
+    monkeypatch.setattr(ep, "_sleep_until", sleep_until)
+    ep.push(Script(text="a b c d e f", ttft_s=0.05, gap_s=0.02))
+    deltas, times, _, t0 = await _stream(client)
+    rec = ep.chat_requests[-1]
+    assert deltas == rec.tokens_sent == ["a", " b", " c", " d", " e", " f"]
+    assert [d for d, _ in due] == [rec.arrived + 0.05 + i * 0.02 for i in range(6)]
+    assert [past for _, past in due][3:5] == [True, True]
+    # never early, in order, and each received after it was sent
+    assert t0 <= rec.arrived
+    assert all(sent >= d for sent, (d, _) in zip(rec.token_times, due, strict=True)), (rec.token_times, due)
+    assert rec.token_times == sorted(rec.token_times)
+    assert all(got >= sent for got, sent in zip(times, rec.token_times, strict=True))
+
+
+async def test_client_time_to_first_chunk_matches_the_scripted_ttft(
+    ep: ScriptedEndpoint, client: openai.AsyncClient
+) -> None:
+    """Measurement validity, so timed: what a client measures is the scripted TTFT plus the transport."""
     await _stream(client)  # open the keep-alive connection
-    client_ttfc, errors = [], []
+    client_ttfc = []
     for _ in range(3):
         ep.push(Script(text="a b c d e f", ttft_s=0.05, gap_s=0.02))
         _, times, _, t0 = await _stream(client)
         client_ttfc.append(times[0] - t0)
-        rec = ep.chat_requests[-1]
-        expected = [0.05 + i * 0.02 for i in range(6)]
-        errors += [t - rec.arrived - e for t, e in zip(rec.token_times, expected, strict=True)]
-    assert min(errors) >= 0 and max(errors) < 0.010 and statistics.median(errors) < 0.003, errors
     assert 0.05 <= statistics.median(client_ttfc) < 0.06, client_ttfc
 
 
 async def test_non_streaming_answer(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
     ep.push(Script(text="Eight to six.", ttft_s=0.02))
-    t0 = time.perf_counter()
     r = await client.chat.completions.create(model="m", messages=MSGS)
-    assert time.perf_counter() - t0 >= 0.02
+    rec = ep.chat_requests[0]
+    assert rec.finished_at is not None and rec.finished_at >= rec.arrived + 0.02  # not answered before it was due
     assert r.choices[0].message.content == "Eight to six."
     assert r.choices[0].finish_reason == "stop"
     assert r.usage is not None and r.usage.completion_tokens == 3
@@ -136,11 +159,11 @@ async def test_rejects_a_body_without_messages(ep: ScriptedEndpoint) -> None:
 
 async def test_http_500(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
     ep.push(Script(fault="http_500", ttft_s=0.02))
-    t0 = time.perf_counter()
     with pytest.raises(openai.InternalServerError):
         await _stream(client)
-    assert time.perf_counter() - t0 >= 0.02
-    assert ep.chat_requests[0].status == 500
+    rec = ep.chat_requests[0]
+    assert rec.status == 500
+    assert rec.finished_at is not None and rec.finished_at >= rec.arrived + 0.02  # the error waits for its ttft
 
 
 async def test_http_429_with_retry_after(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
@@ -173,12 +196,11 @@ async def test_hang_is_seen_as_a_client_disconnect(ep: ScriptedEndpoint, client:
     t0 = time.perf_counter()
     with pytest.raises(openai.APITimeoutError):
         await client.chat.completions.create(model="m", messages=MSGS, stream=True, timeout=0.1)
-    gave_up = time.perf_counter()
     rec = ep.chat_requests[0]
-    assert await rec.wait_done(1.0)
+    assert await rec.wait_done()
     assert rec.disconnected and rec.status is None and rec.token_times == []
-    assert rec.disconnected_at is not None and 0 <= rec.disconnected_at - gave_up < 0.1
-    assert gave_up - t0 >= 0.1
+    # the request ended because the client's timeout ran out, not on its own
+    assert rec.disconnected_at is not None and rec.disconnected_at >= t0 + 0.1
 
 
 async def test_cut_after_n_tokens(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
@@ -209,7 +231,10 @@ async def test_trickle_spaces_tokens(ep: ScriptedEndpoint, client: openai.AsyncC
     ep.push(Script(fault="trickle", trickle_gap_s=0.1, text="slow as honey"))
     deltas, times, _, _ = await _stream(client)
     assert deltas == ["slow", " as", " honey"]
-    assert all(0.09 <= b - a < 0.13 for a, b in itertools.pairwise(times)), times
+    rec = ep.chat_requests[0]
+    # token i leaves no earlier than i gaps after arrival, and the client gets it only after that
+    assert all(sent >= rec.arrived + i * 0.1 for i, sent in enumerate(rec.token_times)), rec.token_times
+    assert all(got >= sent for got, sent in zip(times, rec.token_times, strict=True))
 
 
 async def test_script_validation() -> None:
@@ -262,7 +287,7 @@ async def test_livekit_plugin_text_usage_and_tool_call(ep: ScriptedEndpoint) -> 
     assert ep.chat_requests[0].body["stream_options"] == {"include_usage": True}
 
 
-async def test_client_disconnect_mid_answer_is_recorded_promptly(ep: ScriptedEndpoint) -> None:
+async def test_client_disconnect_mid_answer_stops_the_answer(ep: ScriptedEndpoint) -> None:
     lm = lk_openai.LLM(model="scripted-model", base_url=ep.base_url, api_key="k")
     ctx = llm.ChatContext()
     ctx.add_message(role="user", content="Tell me everything.")
@@ -276,22 +301,33 @@ async def test_client_disconnect_mid_answer_is_recorded_promptly(ep: ScriptedEnd
     closed = time.perf_counter()
     await stream.aclose()
     rec = ep.chat_requests[0]
-    assert await rec.wait_done(1.0)
+    assert await rec.wait_done()
     assert rec.disconnected and not rec.completed
-    assert rec.disconnected_at is not None and rec.disconnected_at - closed < 0.1
-    assert 3 <= len(rec.tokens_sent) < 10
+    # seen after the client closed, and nothing was sent once it was seen (50 tokens were scripted)
+    assert rec.disconnected_at is not None and rec.disconnected_at >= closed
+    assert all(sent <= rec.disconnected_at for sent in rec.token_times)
+    assert 3 <= len(rec.tokens_sent) < 50
     await lm.aclose()
     assert ep.active_requests == 0
 
 
-async def test_stop_ends_hanging_requests_quickly(client: openai.AsyncClient) -> None:
+async def test_stop_ends_hanging_requests_itself(client: openai.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``stop`` cancels a hanging handler before it closes the server, so it never sits out aiohttp's
+    shutdown timeout."""
     server = await ScriptedEndpoint(Script(fault="hang")).start()
     c = openai.AsyncClient(base_url=server.base_url, api_key="k", max_retries=0)
     pending = asyncio.create_task(c.chat.completions.create(model="m", messages=MSGS, stream=True))
-    await server.wait_for_requests(1)
-    t0 = time.perf_counter()
+    (rec,) = await server.wait_for_requests(1)
+    real_cleanup = web.AppRunner.cleanup
+    at_cleanup: list[tuple[bool, int]] = []
+
+    async def cleanup(runner: web.AppRunner) -> None:
+        at_cleanup.append((rec.done, server.active_requests))
+        await real_cleanup(runner)
+
+    monkeypatch.setattr(web.AppRunner, "cleanup", cleanup)
     await server.stop()
-    assert time.perf_counter() - t0 < 0.5
+    assert at_cleanup == [(True, 0)]
     with pytest.raises(openai.APIConnectionError):
         await pending
     assert not server.chat_requests[0].disconnected  # the server ended it, not the client

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from livekit.agents import AgentSession, llm
 
-from workbench.config import EndpointConfig, TTSConfig, WorkbenchConfig
+from workbench.core.config import EndpointConfig, TTSConfig, WorkbenchConfig
 from workbench.models import ModelStack
 from workbench.models.session import SessionHandles, for_session
 from workbench.models.tts import EspeakTTS

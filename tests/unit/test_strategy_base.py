@@ -14,12 +14,12 @@ import openai.resources  # noqa: F401  (the client imports it lazily on first us
 import pytest
 from livekit.agents import Agent, AgentSession, APIConnectionError, function_tool, llm
 
-from workbench.config import EndpointConfig, WorkbenchConfig
+from workbench.core.config import EndpointConfig, WorkbenchConfig
+from workbench.faults.endpoint import wait_until
 from workbench.models import ModelStack
-from workbench.strategies import Strategy, StrategyOptions, Turn, TurnTrace, build, register, validate
+from workbench.strategies import Strategy, StrategyOptions, StrategyTurn, TurnTrace, build, register, validate
 from workbench.strategies.base import count_tokens, error_kind
 from workbench.testing import Script, ScriptedEndpoint, ToolCall, closed_port_url
-from workbench.testing.scripted_endpoint import wait_until
 
 KEY_ENV = "SCRIPTED_TEST_KEY"
 APOLOGY = StrategyOptions().apology
@@ -96,7 +96,9 @@ async def test_streams_each_chunk_as_it_arrives(upstream: ScriptedEndpoint, api_
     assert arrivals[0][0] < rec.token_times[-1] - 0.1
     trace = s.trace_for(stream.chat_ctx.items[-1].id)
     assert trace is not None and trace.error_kind is None
-    assert 0.03 <= trace.first_chunk_s < arrivals[0][0] - t0 + 0.005
+    # the injected TTFT, and the first chunk stamped after the upstream sent it and before we received it
+    assert t0 <= trace.started and trace.first_chunk_s is not None and trace.first_chunk_s >= 0.03
+    assert rec.token_times[0] <= trace.started + trace.first_chunk_s <= arrivals[0][0]
     assert rec.headers["Authorization"] == f"Bearer {api_key}"  # the key came from the environment
     await s.aclose()
 
@@ -283,7 +285,7 @@ class Counting(Strategy):
         super().__init__(**kw)
         self.n, self.produced = n, 0
 
-    async def generate(self, turn: Turn) -> AsyncIterator[str]:
+    async def generate(self, turn: StrategyTurn) -> AsyncIterator[str]:
         for i in range(self.n):
             self.produced += 1
             yield f"{i} "
@@ -300,7 +302,8 @@ async def test_backpressure_bounds_how_far_the_producer_runs_ahead() -> None:
             assert s.produced - taken <= 4 + 1, (s.produced, taken)
             if taken == 20:
                 break
-        await asyncio.sleep(0.05)  # the consumer stalls: the producer must wait, not race to the end
+        for _ in range(50):  # the consumer stalls for 50 loop turns; the producer never awaits, so an unbounded
+            await asyncio.sleep(0)  # one would have run to the end in the first of them
         assert s.produced <= taken + 4 + 1
     assert s.produced < 200
     await s.aclose()
@@ -336,7 +339,7 @@ class PoliteForTest(Strategy):
     class Config(StrategyOptions):
         name_hint: str = "there"
 
-    async def generate(self, turn: Turn) -> AsyncIterator[str | llm.ChatChunk]:
+    async def generate(self, turn: StrategyTurn) -> AsyncIterator[str | llm.ChatChunk]:
         yield f"Hi {self.config.name_hint}, "
         async for chunk in turn.stream():
             yield chunk

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.replay.store import typed_frame
+from workbench.core.store import typed_frame
+from workbench.faults.endpoint import Script, ScriptedEndpoint, ToolCall
 from workbench.scoring import score_run
 from workbench.scoring.judge import JudgeLLM
-from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint, ToolCall
 
 os.environ["RAGAS_DO_NOT_TRACK"] = "true"  # before any test imports ragas (none of the imports above does)
 
@@ -115,8 +115,13 @@ async def test_instructor_partial_stream_yields_growing_objects_and_replays_from
     import instructor
     from ragas.metrics.collections.faithfulness.util import NLIStatementOutput
 
-    pieces = ['{"statements": [{"statement": "We open at 8', ' am", "reason": "the passage', ' says so", "verdict": 1}',
-              ', {"statement": "Parking is free", ', '"reason": "not in the passage", "verdict": 0}]}']  # fmt: skip
+    pieces = [
+        '{"statements": [{"statement": "We open at 8',
+        ' am", "reason": "the passage',
+        ' says so", "verdict": 1}',
+        ', {"statement": "Parking is free", ',
+        '"reason": "not in the passage", "verdict": 0}]}',
+    ]
     expected = [
         [("We open at 8", None, None)],  # trailing-strings: the unfinished string is already there
         [("We open at 8 am", "the passage", None)],
@@ -130,9 +135,12 @@ async def test_instructor_partial_stream_yields_growing_objects_and_replays_from
         try:
             ic = instructor.from_openai(client, mode=instructor.Mode.JSON)
             msgs = [{"role": "user", "content": "Judge these statements."}]
-            return [p async for p in ic.chat.completions.create_partial(model="judge-model",
-                                                                        response_model=NLIStatementOutput,
-                                                                        messages=msgs)]  # fmt: skip
+            return [
+                p
+                async for p in ic.chat.completions.create_partial(
+                    model="judge-model", response_model=NLIStatementOutput, messages=msgs
+                )
+            ]
         finally:
             await client.close()
 
@@ -166,8 +174,9 @@ async def test_openai_structured_stream_parses_partial_json(tmp_path: Path) -> N
         client = JudgeLLM(base_url=ep.base_url, model="m", cache_dir=tmp_path / "cache").client()
         try:
             snapshots = []
-            async with client.chat.completions.stream(model="m", messages=[{"role": "user", "content": "hours?"}],
-                                                      response_format=Hours) as stream:  # fmt: skip
+            async with client.chat.completions.stream(
+                model="m", messages=[{"role": "user", "content": "hours?"}], response_format=Hours
+            ) as stream:
                 async for event in stream:
                     if event.type == "content.delta":
                         snapshots.append(event.parsed)
@@ -195,9 +204,17 @@ async def test_instructor_reasks_after_a_reply_that_does_not_validate(tmp_path: 
         ep.push(
             Script(text=bad),
             Script(text=json.dumps({"statements": ["We open at 8 am.", "We close at 6 pm."]})),
-            Script(text=json.dumps({"statements": [{"statement": "We open at 8 am.", "reason": "r", "verdict": 1},
-                                                   {"statement": "We close at 6 pm.", "reason": "r", "verdict": 0}]})),
-        )  # fmt: skip
+            Script(
+                text=json.dumps(
+                    {
+                        "statements": [
+                            {"statement": "We open at 8 am.", "reason": "r", "verdict": 1},
+                            {"statement": "We close at 6 pm.", "reason": "r", "verdict": 0},
+                        ]
+                    }
+                )
+            ),
+        )
         client = JudgeLLM(base_url=ep.base_url, model="judge-model", cache_dir=tmp_path / "cache").client()
         try:
             llm = llm_factory("judge-model", client=client, temperature=0.0, max_tokens=512)
@@ -228,18 +245,29 @@ QUESTION_FOR_WALKIN = "Are walk-ins welcome at Main Street?"
 
 # what the scripted judge answers, per answer / statement / (question, passage) ...
 STATEMENTS = {
-    A_HOURS: ["Main Street opens at 8 am on Mondays.", "Main Street closes at 6 pm on Mondays.",
-              "The garage is free."],
-    A_LAKE: ["Street parking may be available.", "A garage is nearby.", "The garage may be free.",
-             "The garage may not be free."],
-}  # fmt: skip
-SUPPORTED = {"Main Street opens at 8 am on Mondays.": 1, "Main Street closes at 6 pm on Mondays.": 1,
-             "The garage is free.": 0, "Street parking may be available.": 0, "A garage is nearby.": 1,
-             "The garage may be free.": 0, "The garage may not be free.": 0}  # fmt: skip
-GENERATED_QUESTION = {A_HOURS: (Q_HOURS, 0), A_LAKE: ("Is there parking near Lakeside?", 1),
-                      A_WALKIN: (QUESTION_FOR_WALKIN, 0)}  # fmt: skip
-USEFUL = {(Q_HOURS, PARKING): 0, (Q_HOURS, HOURS): 1, (Q_LAKE, LAKESIDE): 1, (Q_LAKE, HOURS): 0,
-          (Q_LAKE, PARKING): 1}  # fmt: skip
+    A_HOURS: ["Main Street opens at 8 am on Mondays.", "Main Street closes at 6 pm on Mondays.", "The garage is free."],
+    A_LAKE: [
+        "Street parking may be available.",
+        "A garage is nearby.",
+        "The garage may be free.",
+        "The garage may not be free.",
+    ],
+}
+SUPPORTED = {
+    "Main Street opens at 8 am on Mondays.": 1,
+    "Main Street closes at 6 pm on Mondays.": 1,
+    "The garage is free.": 0,
+    "Street parking may be available.": 0,
+    "A garage is nearby.": 1,
+    "The garage may be free.": 0,
+    "The garage may not be free.": 0,
+}
+GENERATED_QUESTION = {
+    A_HOURS: (Q_HOURS, 0),
+    A_LAKE: ("Is there parking near Lakeside?", 1),
+    A_WALKIN: (QUESTION_FOR_WALKIN, 0),
+}
+USEFUL = {(Q_HOURS, PARKING): 0, (Q_HOURS, HOURS): 1, (Q_LAKE, LAKESIDE): 1, (Q_LAKE, HOURS): 0, (Q_LAKE, PARKING): 1}
 # ... and the scores that implies
 EXPECTED_RAGAS = {
     "faithfulness": [2 / 3, 1 / 4, math.nan],  # supported / statements; no passages: not applicable
@@ -249,14 +277,26 @@ EXPECTED_RAGAS = {
 
 
 def ragas_rows() -> pd.DataFrame:
-    return typed_frame([
-        turn(Q_HOURS, A_HOURS, contexts=[PARKING, HOURS], context_sources=["k/p.md", "k/h.md"],
-             reference="Main Street is open from 8 am to 6 pm on Mondays."),
-        turn(Q_LAKE, A_LAKE, conversation_id="c002", contexts=[LAKESIDE, HOURS, PARKING],
-             context_sources=["k/l.md", "k/h.md", "k/p.md"],
-             reference="Park in the Harbor Plaza garage; the first 90 minutes are free."),
-        turn(Q_WALKIN, A_WALKIN, conversation_id="c003", strategy="plain"),
-    ])  # fmt: skip
+    return typed_frame(
+        [
+            turn(
+                Q_HOURS,
+                A_HOURS,
+                contexts=[PARKING, HOURS],
+                context_sources=["k/p.md", "k/h.md"],
+                reference="Main Street is open from 8 am to 6 pm on Mondays.",
+            ),
+            turn(
+                Q_LAKE,
+                A_LAKE,
+                conversation_id="c002",
+                contexts=[LAKESIDE, HOURS, PARKING],
+                context_sources=["k/l.md", "k/h.md", "k/p.md"],
+                reference="Park in the Harbor Plaza garage; the first 90 minutes are free.",
+            ),
+            turn(Q_WALKIN, A_WALKIN, conversation_id="c003", strategy="plain"),
+        ]
+    )
 
 
 class RagasJudge:
@@ -277,8 +317,16 @@ class RagasJudge:
         # the first user message is the ragas prompt (an instructor re-ask appends the reply and the errors)
         system, user = body["messages"][0], next(m for m in body["messages"] if m["role"] == "user")
         assert system["role"] == "system" and body["response_format"] == {"type": "json_object"}  # instructor JSON
-        kind = next(k for k in ("StatementGeneratorOutput", "NLIStatementOutput", "AnswerRelevanceOutput",
-                                "ContextPrecisionOutput") if f'"title": "{k}"' in content(system))  # fmt: skip
+        kind = next(
+            k
+            for k in (
+                "StatementGeneratorOutput",
+                "NLIStatementOutput",
+                "AnswerRelevanceOutput",
+                "ContextPrecisionOutput",
+            )
+            if f'"title": "{k}"' in content(system)
+        )
         self.kinds.append(kind)
         data = json.loads(content(user).rsplit("\ninput: ", 1)[1].rsplit("\nOutput:", 1)[0])
         if kind == "StatementGeneratorOutput":
@@ -307,9 +355,11 @@ def test_ragas_judge_scorer_scores_are_the_ones_the_scripted_json_implies(tmp_pa
     assert 0.2 < EXPECTED_RAGAS["answer_relevancy"][2] < 0.95  # the scripted question's own words matter
     # faithfulness 2 steps x 2 rows, relevancy 3 rows, precision 2 + 3 passages
     assert n_calls == 12 and sorted(judge_fn.kinds) == sorted(
-        ["StatementGeneratorOutput"] * 2 + ["NLIStatementOutput"] * 2 + ["AnswerRelevanceOutput"] * 3
+        ["StatementGeneratorOutput"] * 2
+        + ["NLIStatementOutput"] * 2
+        + ["AnswerRelevanceOutput"] * 3
         + ["ContextPrecisionOutput"] * 5
-    )  # fmt: skip
+    )
     assert network_guard.attempts == []
 
 
@@ -346,8 +396,10 @@ async def test_livekit_judge_group_verdicts_follow_the_scripted_tool_calls(netwo
     from livekit.agents.evals import JudgeGroup, accuracy_judge, conciseness_judge
     from livekit.plugins import openai as lk_openai
 
-    answers = {"accuracy": verdict_call("pass", "8 am matches the tool output"),
-               "conciseness": verdict_call("fail", "the closing time was not asked for")}  # fmt: skip
+    answers = {
+        "accuracy": verdict_call("pass", "8 am matches the tool output"),
+        "conciseness": verdict_call("fail", "the closing time was not asked for"),
+    }
     prompts: dict[str, str] = {}
 
     def route(body: dict[str, Any]) -> Script:
@@ -416,11 +468,19 @@ EXPECTED_LK = {"lk_accuracy": [1.0, 0.0], "lk_relevancy": [1.0, 1.0], "lk_concis
 
 
 def test_livekit_judge_scorer_end_to_end(tmp_path: Path, network_guard: Any) -> None:
-    df = typed_frame([
-        turn(Q_HOURS, A1, contexts=[HOURS], context_sources=["k/h.md"], reference="Monday: 8 am to 6 pm."),
-        turn("And is parking free?", A2, turn_index=1, contexts=[PARKING], context_sources=["k/p.md"],
-             reference="Yes, there is a free lot with 40 spaces."),
-    ])  # fmt: skip
+    df = typed_frame(
+        [
+            turn(Q_HOURS, A1, contexts=[HOURS], context_sources=["k/h.md"], reference="Monday: 8 am to 6 pm."),
+            turn(
+                "And is parking free?",
+                A2,
+                turn_index=1,
+                contexts=[PARKING],
+                context_sources=["k/p.md"],
+                reference="Yes, there is a free lot with 40 spaces.",
+            ),
+        ]
+    )
     prompts: dict[tuple[str, str], str] = {}
     unexpected: list[str] = []
 

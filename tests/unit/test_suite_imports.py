@@ -5,10 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from test_replay_text import make_dataset, scripted_stack
-
-from workbench.replay import Suite, arun, load_run
-from workbench.testing.scripted_endpoint import ScriptedEndpoint
+from workbench.faults.endpoint import ScriptedEndpoint
+from workbench.testing.worlds import make_dataset, scripted_stack
+from workbench.workflows import Suite, arun, load_run
 
 MODULE = '''
 from workbench.strategies import register

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from workbench import versions as v
-from workbench.config import WorkbenchConfig
-from workbench.replay.store import environment_info
+from workbench.core.config import WorkbenchConfig
+from workbench.models import versions as v
+from workbench.models.versions import environment_info
 
 
 def test_versions_cover_livekit_and_its_plugins_found_from_metadata() -> None:
@@ -55,8 +55,12 @@ def test_model_hashes_of_the_default_stack(tmp_path: Path) -> None:
     models = v.model_hashes(WorkbenchConfig(), state_dir=tmp_path)
     assert set(models) == {"llm", "stt", "tts", "embeddings"}
     size = assets.smollm2_gguf().stat().st_size
-    assert models["llm"] == {"gguf": "smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "bytes": size,
-                             "sha256": assets.SMOLLM2_SHA256}  # fmt: skip
+    assert models["llm"] == {
+        "gguf": "smollm2",
+        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "bytes": size,
+        "sha256": assets.SMOLLM2_SHA256,
+    }
     assert models["stt"]["file"] == "model.bin" and models["stt"]["model"] == "tiny.en"
     assert models["tts"]["file"] == "en_US-joe-medium.onnx"
     assert models["embeddings"]["file"] == "model.safetensors"
@@ -68,12 +72,14 @@ def test_model_hashes_of_the_default_stack(tmp_path: Path) -> None:
 def test_model_hashes_record_what_is_missing_instead_of_raising(tmp_path: Path) -> None:
     from workbench.models.assets import QWEN05_SHA256
 
-    cfg = WorkbenchConfig.model_validate({
-        "llm": {"kind": "openai", "base_url": "http://x/v1", "model": "m"},
-        "endpoints": {"small": {"gguf": str(tmp_path / "missing.gguf")}, "qwen": {"gguf": "qwen2.5-0.5b"}},
-        "tts": {"kind": "espeak"},
-        "state_dir": str(tmp_path),
-    })  # fmt: skip
+    cfg = WorkbenchConfig.model_validate(
+        {
+            "llm": {"kind": "openai", "base_url": "http://x/v1", "model": "m"},
+            "endpoints": {"small": {"gguf": str(tmp_path / "missing.gguf")}, "qwen": {"gguf": "qwen2.5-0.5b"}},
+            "tts": {"kind": "espeak"},
+            "state_dir": str(tmp_path),
+        }
+    )
     models = v.model_hashes(cfg)
     assert "llm" not in models and "tts" not in models  # a hosted endpoint and espeak have no model file here
     assert models["llm:small"]["sha256"] is None and "missing.gguf" in models["llm:small"]["error"]
@@ -97,10 +103,16 @@ def test_differences_between_stacks() -> None:
         "versions": {"livekit-agents": "1.8.6", "openai": "2.54.0", "livekit_plugins_openai": "1.8.6", "pandas": "2.0"},
         "models": {"llm": {"file": "a.gguf", "sha256": "a" * 64}, "stt": {"file": "model.bin", "sha256": "b" * 64}},
     }
-    b = {"versions": {"livekit-agents": "1.8.9", "openai": "2.54.0", "livekit-plugins-openai": "1.8.9",
-                      "livekit-plugins-silero": "1.8.9", "pandas": "2.2"},
-         "models": {"llm": {"file": "a.gguf", "sha256": "c" * 64},
-                    "stt": {"file": "model.bin", "sha256": "b" * 64}}}  # fmt: skip
+    b = {
+        "versions": {
+            "livekit-agents": "1.8.9",
+            "openai": "2.54.0",
+            "livekit-plugins-openai": "1.8.9",
+            "livekit-plugins-silero": "1.8.9",
+            "pandas": "2.2",
+        },
+        "models": {"llm": {"file": "a.gguf", "sha256": "c" * 64}, "stt": {"file": "model.bin", "sha256": "b" * 64}},
+    }
     diffs = v.stack_differences(a, b)
     assert [(d.kind, d.name, d.a, d.b) for d in diffs] == [
         ("package", "livekit-agents", "1.8.6", "1.8.9"),

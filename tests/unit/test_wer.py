@@ -5,9 +5,16 @@ from workbench.core.wer import normalize_text, number_to_words, wer
 
 @pytest.mark.parametrize(
     ("n", "words"),
-    [(0, "zero"), (8, "eight"), (15, "fifteen"), (40, "forty"), (85, "eighty five"), (120, "one hundred twenty"),
-     (2026, "two thousand twenty six")],
-)  # fmt: skip
+    [
+        (0, "zero"),
+        (8, "eight"),
+        (15, "fifteen"),
+        (40, "forty"),
+        (85, "eighty five"),
+        (120, "one hundred twenty"),
+        (2026, "two thousand twenty six"),
+    ],
+)
 def test_number_to_words(n: int, words: str) -> None:
     assert number_to_words(n) == words
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.promote import Promoted, PromotedFileError, load_promoted, write_promoted
+from workbench.pipeline.promoted import Promoted, PromotedFileError, load_promoted, write_promoted
 from workbench.worker import check_promoted, main, missing_credentials, promoted_path, worker_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,8 +19,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _run_worker(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "WORKBENCH"))}
-    return subprocess.run([sys.executable, "-m", "workbench.worker", *args], capture_output=True, text=True,
-                          env={**base, **(env or {})}, cwd=cwd, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "workbench.worker", *args],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_help_lists_the_livekit_commands() -> None:
@@ -116,7 +122,7 @@ def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[list[str]]:
     for k, v in CREDS.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(sys, "argv", ["worker"])
-    monkeypatch.setattr("workbench.versions.model_hashes", lambda config, state_dir=None: MODELS)
+    monkeypatch.setattr("workbench.models.versions.model_hashes", lambda config, state_dir=None: MODELS)
     calls: list[list[str]] = []
     monkeypatch.setattr(cli, "run_app", lambda server: calls.append(list(sys.argv)))
     return calls

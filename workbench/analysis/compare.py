@@ -41,6 +41,7 @@ from workbench.analysis.stats import (
     wilcoxon,
 )
 from workbench.core.cells import as_list, as_text
+from workbench.scoring.facts import fact_recall
 
 LATENCY_COLUMNS = ("llm_ttfc_s", "llm_total_s", "v2v_s")
 """The latencies compare gives percentiles for (the end-to-end ones; stage times are in the plots)."""
@@ -165,7 +166,6 @@ def ensure_fact_recall(df: pd.DataFrame) -> pd.DataFrame:
     """``fact_recall`` computed on the fly for an unscored run (pass rate needs it)."""
     if "fact_recall" in df.columns:
         return df
-    from workbench.scoring.facts import fact_recall
 
     out = df.copy()
     out["fact_recall"] = [
@@ -263,9 +263,18 @@ def compare(
             item = _item_means(g.assign(**{c: vals}), c)
             item = item[~np.isnan(item)]
             lo, hi = bootstrap_mean_ci(item, n_boot=n_boot, rng=_rng(seed, "quality", mode, c))
-            q_rows.append({"strategy": s, "mode": mode, "metric": c, "mean": float(vals.mean()) if vals.notna().any()
-                           else math.nan, "ci_low": lo, "ci_high": hi, "n": int(vals.notna().sum()),
-                           "items": len(item)})  # fmt: skip
+            q_rows.append(
+                {
+                    "strategy": s,
+                    "mode": mode,
+                    "metric": c,
+                    "mean": float(vals.mean()) if vals.notna().any() else math.nan,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "n": int(vals.notna().sum()),
+                    "items": len(item),
+                }
+            )
     quality = pd.DataFrame(q_rows)
 
     # paired differences vs the baseline
@@ -311,14 +320,24 @@ def compare(
         per_rep = g.groupby("repetition", observed=True)["_pass"].mean()
         per_item = g.groupby(list(ITEM_KEY), observed=True)["_pass"]
         lo, hi = bootstrap_mean_ci(per_item.mean().to_numpy(dtype=float), n_boot=n_boot, rng=_rng(seed, "pass", mode))
-        pr_rows.append({
-            "strategy": s, "mode": mode, "turns": len(g), "repetitions": int(g["repetition"].nunique()),
-            "pass_rate": float(g["_pass"].mean()), "ci_low": lo, "ci_high": hi,
-            "rep_mean": float(per_rep.mean()), "rep_std": float(per_rep.std(ddof=1)) if len(per_rep) > 1 else 0.0,
-            "rep_min": float(per_rep.min()), "rep_max": float(per_rep.max()),
-            "pass_all_reps": float(per_item.all().mean()), "pass_any_rep": float(per_item.any().mean()),
-            "error_rate": float(is_error(g).mean()),
-        })  # fmt: skip
+        pr_rows.append(
+            {
+                "strategy": s,
+                "mode": mode,
+                "turns": len(g),
+                "repetitions": int(g["repetition"].nunique()),
+                "pass_rate": float(g["_pass"].mean()),
+                "ci_low": lo,
+                "ci_high": hi,
+                "rep_mean": float(per_rep.mean()),
+                "rep_std": float(per_rep.std(ddof=1)) if len(per_rep) > 1 else 0.0,
+                "rep_min": float(per_rep.min()),
+                "rep_max": float(per_rep.max()),
+                "pass_all_reps": float(per_item.all().mean()),
+                "pass_any_rep": float(per_item.any().mean()),
+                "error_rate": float(is_error(g).mean()),
+            }
+        )
     pass_rate = pd.DataFrame(pr_rows)
 
     lat = _latency_metric(df if objective.mode is None else df[df["mode"] == objective.mode], objective.latency)
@@ -326,8 +345,13 @@ def compare(
         notes.append(f"no {objective.latency} figures in this run: the leaderboard ranks latency by {lat}")
         objective = replace(objective, latency=lat)
     leaderboard = _leaderboard(df, strategies, objective, paired, baseline, n_boot, seed)
-    params = {"pass_threshold": pass_threshold, "alpha": alpha, "n_boot": n_boot, "seed": seed,
-              "test": "Wilcoxon signed-rank on per-item mean differences, Holm-adjusted per metric"}  # fmt: skip
+    params = {
+        "pass_threshold": pass_threshold,
+        "alpha": alpha,
+        "n_boot": n_boot,
+        "seed": seed,
+        "test": "Wilcoxon signed-rank on per-item mean differences, Holm-adjusted per metric",
+    }
     return Comparison(baseline, objective, latency, quality, paired, pass_rate, leaderboard, notes, params)
 
 

@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from workbench.analysis.stats import ERROR_RATE, is_error, item_means, pair_turns, wilcoxon
+from workbench.analysis.stats import ERROR_RATE, direction, is_error, item_means, pair_turns, wilcoxon
+from workbench.core.cells import is_set
+from workbench.scoring.persist import load_scored
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,7 +109,6 @@ class Gate(BaseModel):
 
     def _check_direction(self) -> None:
         """A rise of a higher-is-better metric is an improvement: gating on it would fail every better strategy."""
-        from workbench.analysis.stats import direction
 
         better = direction(self.metric)
         wrong = "max_rise" if better == "higher" else "max_drop" if better == "lower" else None
@@ -162,7 +163,7 @@ class Gate(BaseModel):
         return what + scope
 
 
-GateSpec = Gate  # the name workbench.promote used first
+GateSpec = Gate  # the name workbench.workflows.promote used first
 
 
 def parse_gates(gates: Sequence[Mapping[str, Any] | Gate] | None) -> list[Gate]:
@@ -276,8 +277,6 @@ def metric_values(rows: pd.DataFrame, gate: Gate, scope: str = "") -> tuple[pd.S
     """The gate's numbers on ``rows`` (index kept), or None and why there are none."""
     import pandas as pd
 
-    from workbench.core.cells import is_set
-
     if gate.metric == ERROR_RATE:
         return is_error(rows).astype(float), None
     if gate.metric not in rows.columns:
@@ -297,8 +296,15 @@ def metric_values(rows: pd.DataFrame, gate: Gate, scope: str = "") -> tuple[pd.S
 # -- bounds --------------------------------------------------------------------------------------------
 def check_gate(df: pd.DataFrame, strategy: str, gate: Gate, index: int = -1) -> GateResult:
     """One bound on one strategy's rows; missing evidence is a failed result with ``value=None``."""
-    base: dict[str, Any] = {"name": gate.label, "strategy": strategy, "bound": gate.bound, "op": gate.op,
-                            "metric": gate.metric, "gate_index": index, "required": gate.required}  # fmt: skip
+    base: dict[str, Any] = {
+        "name": gate.label,
+        "strategy": strategy,
+        "bound": gate.bound,
+        "op": gate.op,
+        "metric": gate.metric,
+        "gate_index": index,
+        "required": gate.required,
+    }
     rows = select_rows(df, strategy, gate)
     scope = _scope(strategy, gate)
     if rows.empty:
@@ -357,12 +363,26 @@ def check_regression(
     import numpy as np
 
     ref_strategy = reference_strategy or strategy
-    base: dict[str, Any] = {"name": gate.label, "strategy": strategy, "bound": gate.bound, "op": "<=",
-                            "kind": "regression", "metric": gate.metric, "gate_index": index,
-                            "reference": reference_name, "alpha": gate.alpha, "required": gate.required}  # fmt: skip
+    base: dict[str, Any] = {
+        "name": gate.label,
+        "strategy": strategy,
+        "bound": gate.bound,
+        "op": "<=",
+        "kind": "regression",
+        "metric": gate.metric,
+        "gate_index": index,
+        "reference": reference_name,
+        "alpha": gate.alpha,
+        "required": gate.required,
+    }
     if reference is None:
-        return GateResult(**base, passed=False, value=None, status="skipped",
-                          detail="no baseline run to compare with (workbench eval --baseline RUN)")  # fmt: skip
+        return GateResult(
+            **base,
+            passed=False,
+            value=None,
+            status="skipped",
+            detail="no baseline run to compare with (workbench eval --baseline RUN)",
+        )
     cur_rows = select_rows(current, strategy, gate)
     if cur_rows.empty:
         return _no_evidence(base, gate, f"the run has no rows for {_scope(strategy, gate)}")
@@ -378,22 +398,32 @@ def check_regression(
     worse = float(per_item["worsening"].mean())
     n_items = len(per_item)
     p, used = wilcoxon(per_item["worsening"].to_numpy(dtype=float) - tol, "greater")
-    stats = {"bound": tol, "n": n_items, "reference_value": ref_mean, "strategy_value": float(per_item["value"].mean()),
-             "p_value": p, "extra": {"pairs": len(pairs), "nonzero_items": used}}  # fmt: skip
+    stats = {
+        "bound": tol,
+        "n": n_items,
+        "reference_value": ref_mean,
+        "strategy_value": float(per_item["value"].mean()),
+        "p_value": p,
+        "extra": {"pairs": len(pairs), "nonzero_items": used},
+    }
     base.update(stats)
     what = "drop" if gate.max_drop is not None else "rise"
     means = f"{ref_mean:.4g} -> {stats['strategy_value']:.4g}"
     if used > 0 and min_attainable_p(used) >= gate.alpha and np.mean(per_item["worsening"] - tol > 0) > 0.5:
         # the data lean towards a regression but the test cannot reach alpha: that is not evidence of "no regression"
-        detail = (f"cannot decide: mean {what} {worse:.4g} over {n_items} items ({means}) leans past the tolerance "
-                  f"{tol:.4g}, but {used} differing items cannot reach p < {gate.alpha:g} "
-                  f"(smallest possible p {min_attainable_p(used):.3g}); add conversations")  # fmt: skip
+        detail = (
+            f"cannot decide: mean {what} {worse:.4g} over {n_items} items ({means}) leans past the tolerance "
+            f"{tol:.4g}, but {used} differing items cannot reach p < {gate.alpha:g} "
+            f"(smallest possible p {min_attainable_p(used):.3g}); add conversations"
+        )
         status: Status = "error" if gate.required else "skipped"
         return GateResult(**{**base, "value": worse}, passed=False, status=status, detail=detail)
     passed = not (p < gate.alpha)
     verdict = f"p={p:.3g} {'>=' if passed else '<'} {gate.alpha:g}"
-    detail = (f"mean {what} {worse:.4g} ({means}) over {n_items} paired items, tolerance {tol:.4g}: "
-              f"one-sided Wilcoxon {verdict}" + ("" if passed else " -> regression"))  # fmt: skip
+    detail = (
+        f"mean {what} {worse:.4g} ({means}) over {n_items} paired items, tolerance {tol:.4g}: "
+        f"one-sided Wilcoxon {verdict}" + ("" if passed else " -> regression")
+    )
     return GateResult(**base, passed=passed, value=worse, detail=detail)
 
 
@@ -437,7 +467,6 @@ def _load_baseline(baseline: Any, manifest: Mapping[str, Any]) -> tuple[pd.DataF
     ref = baseline if baseline is not None else (manifest.get("eval") or {}).get("baseline_run")
     if ref is None:
         return None, "baseline run", None
-    from workbench.scoring.persist import load_scored
 
     try:
         scored = load_scored(Path(ref))
@@ -455,7 +484,7 @@ def evaluate_gates(
 ) -> list[GateResult]:
     """Every gate of ``suite`` for every strategy of the run (or the gate's own list), in suite order.
 
-    ``suite``: a mapping (a suite YAML or a manifest's ``suite``) or a :class:`~workbench.replay.suite.Suite`.
+    ``suite``: a mapping (a suite YAML or a manifest's ``suite``) or a :class:`~workbench.workflows.suite.Suite`.
     ``baseline``: the baseline run's scored rows, or its id/folder; default: the run the manifest's
     ``eval.baseline_run`` names (written by ``workbench eval --baseline``), else run regressions are skipped.
     """
@@ -470,16 +499,26 @@ def evaluate_gates(
             results.append(check_gate(run_df, strategy, gate, i))
         elif gate.against == RUN:
             if base_problem:
-                base = {"name": gate.label, "strategy": strategy, "bound": gate.bound, "kind": "regression",
-                        "metric": gate.metric, "gate_index": i, "reference": base_name,
-                        "required": gate.required}  # fmt: skip
+                base = {
+                    "name": gate.label,
+                    "strategy": strategy,
+                    "bound": gate.bound,
+                    "kind": "regression",
+                    "metric": gate.metric,
+                    "gate_index": i,
+                    "reference": base_name,
+                    "required": gate.required,
+                }
                 results.append(_no_evidence(base, gate, base_problem))
             else:
                 results.append(check_regression(run_df, base_df, strategy, gate, reference_name=base_name, index=i))
         else:
             ref = gate.reference(suite_baseline)
-            results.append(check_regression(run_df, run_df, strategy, gate, reference_strategy=ref,
-                                            reference_name=f"strategy {ref!r}", index=i))  # fmt: skip
+            results.append(
+                check_regression(
+                    run_df, run_df, strategy, gate, reference_strategy=ref, reference_name=f"strategy {ref!r}", index=i
+                )
+            )
     return results
 
 

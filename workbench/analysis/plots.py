@@ -100,8 +100,11 @@ def stage_breakdown(df: pd.DataFrame) -> Figure:
         g = source[source["strategy"] == s]
         med = {c: float(g[c].median()) if c in g and g[c].notna().any() else 0.0 for c in STAGE_COLUMNS}
         if has_voice:
-            segments = [("eou_delay_s", med["eou_delay_s"]), ("llm_ttfc_s", med["llm_ttfc_s"]),
-                        ("tts_ttfb_s", med["tts_ttfb_s"])]  # fmt: skip
+            segments = [
+                ("eou_delay_s", med["eou_delay_s"]),
+                ("llm_ttfc_s", med["llm_ttfc_s"]),
+                ("tts_ttfb_s", med["tts_ttfb_s"]),
+            ]
             rest = med["v2v_s"] - sum(v for _, v in segments)
             segments.append(("other", max(0.0, rest)))
         else:
@@ -111,15 +114,27 @@ def stage_breakdown(df: pd.DataFrame) -> Figure:
             ]
         left = 0.0
         for name, width in segments:
-            ax.barh(i, width, left=left, height=0.55, color=STAGE_COLORS[name], edgecolor="white",
-                    label=None if name in used else _stage_label(name))  # fmt: skip
+            ax.barh(
+                i,
+                width,
+                left=left,
+                height=0.55,
+                color=STAGE_COLORS[name],
+                edgecolor="white",
+                label=None if name in used else _stage_label(name),
+            )
             if width > 0.06:
                 ax.text(left + width / 2, i, f"{width:.2f}", ha="center", va="center", fontsize=7)
             used.add(name)
             left += width
         if has_voice and med["stt_s"] > 0:
-            ax.barh(i + 0.36, med["stt_s"], height=0.12, color=STAGE_COLORS["stt_s"],
-                    label=None if "stt_s" in used else _stage_label("stt_s"))  # fmt: skip
+            ax.barh(
+                i + 0.36,
+                med["stt_s"],
+                height=0.12,
+                color=STAGE_COLORS["stt_s"],
+                label=None if "stt_s" in used else _stage_label("stt_s"),
+            )
             used.add("stt_s")
         if has_voice:
             ax.plot([med["v2v_s"]], [i], marker="|", ms=18, color="black")
@@ -151,8 +166,16 @@ def quality_latency(comparison: Comparison) -> Figure:
     for _, r in pts.iterrows():
         yerr = [[r["quality"] - r["quality_ci_low"]], [r["quality_ci_high"] - r["quality"]]]
         yerr = [[0 if math.isnan(e[0]) else max(0.0, e[0])] for e in yerr]
-        ax.errorbar(r["latency"], r["quality"], yerr=yerr, fmt="o", ms=8, capsize=4, color=colors[r["strategy"]],
-                    label=r["strategy"])  # fmt: skip
+        ax.errorbar(
+            r["latency"],
+            r["quality"],
+            yerr=yerr,
+            fmt="o",
+            ms=8,
+            capsize=4,
+            color=colors[r["strategy"]],
+            label=r["strategy"],
+        )
         ax.annotate(r["strategy"], (r["latency"], r["quality"]), textcoords="offset points", xytext=(7, 5), fontsize=8)
     front = pts[pts["pareto"]].sort_values("latency")
     if len(front) >= 1:
@@ -215,8 +238,15 @@ def waterfall(
 
     def bar(y: int, x0: float, w: float, key: str, label: str, height: float = 0.6) -> None:
         if not (isinstance(w, float) and math.isnan(w)) and w > 0:
-            ax.barh(y, w, left=x0, height=height, color=STAGE_COLORS[key], edgecolor="white",
-                    label=None if key in used else label)  # fmt: skip
+            ax.barh(
+                y,
+                w,
+                left=x0,
+                height=height,
+                color=STAGE_COLORS[key],
+                edgecolor="white",
+                label=None if key in used else label,
+            )
             used.add(key)
 
     def num(v: Any) -> float:
@@ -254,8 +284,13 @@ def waterfall(
             ttfc, total = num(r.get("llm_ttfc_s")), num(r.get("llm_total_s"))
             bar(y, t0, ttfc, "llm_ttfc_s", label("llm_ttfc_s"))
             if not math.isnan(total):
-                bar(y, t0 + (ttfc if not math.isnan(ttfc) else 0.0), total - (ttfc if not math.isnan(ttfc) else 0.0),
-                    "llm_rest", "LLM rest of answer")  # fmt: skip
+                bar(
+                    y,
+                    t0 + (ttfc if not math.isnan(ttfc) else 0.0),
+                    total - (ttfc if not math.isnan(ttfc) else 0.0),
+                    "llm_rest",
+                    "LLM rest of answer",
+                )
             cursor = t0 + (total if not math.isnan(total) else 0.0)
     ax.set_yticks(np.arange(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()

@@ -25,12 +25,19 @@ from workbench.analysis.stats import score_columns
 from workbench.core.cells import as_list, as_text
 from workbench.core.io import atomic_write_text
 from workbench.core.run import REPORT_FILE
+from workbench.models.versions import stack_differences
+from workbench.scoring.facts import missed_facts
 from workbench.scoring.judge import judged_columns
 from workbench.scoring.persist import ScoredRun, load_scored
-from workbench.versions import stack_differences
 
-AUDIO_MIME = {".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".opus": "audio/ogg",
-              ".flac": "audio/flac", ".m4a": "audio/mp4"}  # fmt: skip
+AUDIO_MIME = {
+    ".wav": "audio/wav",
+    ".mp3": "audio/mpeg",
+    ".ogg": "audio/ogg",
+    ".opus": "audio/ogg",
+    ".flac": "audio/flac",
+    ".m4a": "audio/mp4",
+}
 PLOT_IDS = ("plot-quality-latency", "plot-latency-ecdf", "plot-stage-breakdown", "plot-waterfall")
 
 CSS = """
@@ -106,10 +113,12 @@ def _quality_wide(c: Comparison) -> pd.DataFrame:
     q = c.quality
     if q.empty:
         return q
-    q = q.assign(cell=[
-        "–" if math.isnan(m) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
-        for m, lo, hi in zip(q["mean"], q["ci_low"], q["ci_high"], strict=True)
-    ])  # fmt: skip
+    q = q.assign(
+        cell=[
+            "–" if math.isnan(m) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+            for m, lo, hi in zip(q["mean"], q["ci_low"], q["ci_high"], strict=True)
+        ]
+    )
     wide = q.pivot_table(index=["strategy", "mode"], columns="metric", values="cell", aggfunc="first", sort=False)
     order = [m for m in dict.fromkeys(q["metric"]) if m in wide.columns]
     wide = wide[order].reset_index()
@@ -121,10 +130,22 @@ def _paired_view(p: pd.DataFrame) -> pd.DataFrame:
     """The paired table, verdict first; the baseline is named in the section title."""
     if p.empty:
         return p
-    cols = ["strategy", "metric", "verdict", "mean_diff", "ci_low", "ci_high", "p_holm", "baseline_mean",
-            "strategy_mean", "items", "p_value"]  # fmt: skip
-    return p[[c for c in cols if c in p.columns]].rename(columns={"mean_diff": "diff", "ci_low": "diff_ci_low",
-                                                                  "ci_high": "diff_ci_high"})  # fmt: skip
+    cols = [
+        "strategy",
+        "metric",
+        "verdict",
+        "mean_diff",
+        "ci_low",
+        "ci_high",
+        "p_holm",
+        "baseline_mean",
+        "strategy_mean",
+        "items",
+        "p_value",
+    ]
+    return p[[c for c in cols if c in p.columns]].rename(
+        columns={"mean_diff": "diff", "ci_low": "diff_ci_low", "ci_high": "diff_ci_high"}
+    )
 
 
 def _verdict_class(v: Any) -> str:
@@ -195,11 +216,13 @@ def _turn_card(r: pd.Series, shown: Sequence[str], dataset: Path | None, max_aud
         if isinstance(raw, list | tuple | np.ndarray):
             missed = [str(f) for f in raw]
         else:  # unscored row (or scored before it existed): work it out here
-            from workbench.scoring.facts import missed_facts
-
             missed = missed_facts(facts, as_text(r.get("answer")))
-        items.append(("facts", ", ".join(
-            f'<span class="{"bad" if f in missed else "ok"}">{html.escape(f)}</span>' for f in facts)))  # fmt: skip
+        items.append(
+            (
+                "facts",
+                ", ".join(f'<span class="{"bad" if f in missed else "ok"}">{html.escape(f)}</span>' for f in facts),
+            )
+        )
     if as_text(r.get("error_kind")):
         items.append(("error", f'<span class="bad">{_esc(r.get("error_kind"))}: {_esc(r.get("error"))}</span>'))
     srcs = [str(s) for s in as_list(r.get("context_sources"))]
@@ -231,10 +254,17 @@ def _scoring_section(scored: ScoredRun) -> str:
             "computed on the fly for the pass rate; text similarity, retrieval and judge scores are absent.</p>"
         )
         return "".join(parts)
-    rows = pd.DataFrame([
-        {"scorer": s["name"], "status": s["status"], "columns": ", ".join(s.get("columns") or []) or "–",
-         "note": s.get("reason") or ""} for s in meta.get("scorers", [])
-    ])  # fmt: skip
+    rows = pd.DataFrame(
+        [
+            {
+                "scorer": s["name"],
+                "status": s["status"],
+                "columns": ", ".join(s.get("columns") or []) or "–",
+                "note": s.get("reason") or "",
+            }
+            for s in meta.get("scorers", [])
+        ]
+    )
     parts.append(f"<p class='meta'>scored at {html.escape(str(meta.get('scored_at', '?')))}</p>")
     parts.append(_table(rows))
     judge = meta.get("judge")
@@ -327,8 +357,13 @@ def _vs_section(this: ScoredRun, other: ScoredRun, objective: Objective, pass_th
         a = ensure_fact_recall(this.df[this.df["strategy"] == s]).assign(strategy="this run")
         b = ensure_fact_recall(other.df[other.df["strategy"] == s]).assign(strategy="other run")
         try:
-            c = compare(pd.concat([a, b], ignore_index=True), baseline="other run", objective=objective,
-                        pass_threshold=pass_threshold, seed=seed)  # fmt: skip
+            c = compare(
+                pd.concat([a, b], ignore_index=True),
+                baseline="other run",
+                objective=objective,
+                pass_threshold=pass_threshold,
+                seed=seed,
+            )
         except (KeyError, ValueError) as e:
             parts.append(f"<p class='note'>{_esc(s)}: {_esc(e)}</p>")
             continue
@@ -374,38 +409,74 @@ def render_report(
     def section(title: str, anchor: str, body: Callable[[], str]) -> None:
         sections.append(f"<h2 id='{anchor}'>{html.escape(title)}</h2>{body()}")
 
-    section("Leaderboard", "leaderboard", lambda: (
-        f"<p>Objective: {_esc(c.objective.describe())}. Pass = no error and fact recall ≥ {pass_threshold:g} "
-        f"(turns without must-mention facts pass when error-free). Baseline: <code>{_esc(c.baseline)}</code>.</p>"
-        + _table(c.leaderboard)
-        + _figure("plot-quality-latency", plots.quality_latency(c),
-                  "Mean quality (95% CI over turns) vs latency percentile; dashed: the Pareto front.")
-    ))  # fmt: skip
-    section("Latency", "latency", lambda: (
-        "<p>Percentiles per strategy and mode, in seconds. Voice rows replayed faster than real time carry no "
-        "latency figures.</p>" + _table(_latency_view(c.latency))
-        + _figure("plot-latency-ecdf", plots.latency_ecdf(df), "Empirical CDFs: the share of turns at or below "
-                  "each latency (dotted: p50 and p90).")
-        + _figure("plot-stage-breakdown", plots.stage_breakdown(df), "Median stage times per strategy along the "
-                  "critical path (STT runs alongside end-of-turn detection).")
-    ))  # fmt: skip
-    section("Quality", "quality", lambda: (
-        "<p>Means with 95% bootstrap intervals (turns resampled, repetitions averaged within a turn).</p>"
-        + _table(_quality_wide(c))
-    ))  # fmt: skip
-    section(f"Paired differences vs {c.baseline}", "paired", lambda: (
-        f"<p>{_esc(c.params['test'])}; significance at α = {c.params['alpha']:g}. diff = strategy − baseline; "
-        "better or worse as each metric declares (for latency lower is better).</p>"
-        + _table(_paired_view(c.paired), classes={"verdict": _verdict_class})
-    ))  # fmt: skip
-    section("Pass rate", "pass-rate", lambda: (
-        "<p>rep_*: spread of the pass rate over repetitions; pass_all_reps: share of turns that passed in every "
-        "repetition (consistency); pass_any_rep: in at least one.</p>" + _table(c.pass_rate)
-    ))  # fmt: skip
+    section(
+        "Leaderboard",
+        "leaderboard",
+        lambda: (
+            f"<p>Objective: {_esc(c.objective.describe())}. Pass = no error and fact recall ≥ {pass_threshold:g} "
+            f"(turns without must-mention facts pass when error-free). Baseline: <code>{_esc(c.baseline)}</code>.</p>"
+            + _table(c.leaderboard)
+            + _figure(
+                "plot-quality-latency",
+                plots.quality_latency(c),
+                "Mean quality (95% CI over turns) vs latency percentile; dashed: the Pareto front.",
+            )
+        ),
+    )
+    section(
+        "Latency",
+        "latency",
+        lambda: (
+            "<p>Percentiles per strategy and mode, in seconds. Voice rows replayed faster than real time carry no "
+            "latency figures.</p>"
+            + _table(_latency_view(c.latency))
+            + _figure(
+                "plot-latency-ecdf",
+                plots.latency_ecdf(df),
+                "Empirical CDFs: the share of turns at or below each latency (dotted: p50 and p90).",
+            )
+            + _figure(
+                "plot-stage-breakdown",
+                plots.stage_breakdown(df),
+                "Median stage times per strategy along the critical path (STT runs alongside end-of-turn detection).",
+            )
+        ),
+    )
+    section(
+        "Quality",
+        "quality",
+        lambda: (
+            "<p>Means with 95% bootstrap intervals (turns resampled, repetitions averaged within a turn).</p>"
+            + _table(_quality_wide(c))
+        ),
+    )
+    section(
+        f"Paired differences vs {c.baseline}",
+        "paired",
+        lambda: (
+            f"<p>{_esc(c.params['test'])}; significance at α = {c.params['alpha']:g}. diff = strategy − baseline; "
+            "better or worse as each metric declares (for latency lower is better).</p>"
+            + _table(_paired_view(c.paired), classes={"verdict": _verdict_class})
+        ),
+    )
+    section(
+        "Pass rate",
+        "pass-rate",
+        lambda: (
+            "<p>rep_*: spread of the pass rate over repetitions; pass_all_reps: share of turns that passed in every "
+            "repetition (consistency); pass_any_rep: in at least one.</p>" + _table(c.pass_rate)
+        ),
+    )
     conv, mode = plots.pick_conversation(df)
-    section("A conversation, turn by turn", "waterfall", lambda: _figure(
-        "plot-waterfall", plots.waterfall(df, conv, mode=mode),
-        f"Conversation {conv} ({mode}): each strategy's turns on a time line."))  # fmt: skip
+    section(
+        "A conversation, turn by turn",
+        "waterfall",
+        lambda: _figure(
+            "plot-waterfall",
+            plots.waterfall(df, conv, mode=mode),
+            f"Conversation {conv} ({mode}): each strategy's turns on a time line.",
+        ),
+    )
     sections.append(_scoring_section(scored))
     if other is not None:
         sections.append(_vs_section(scored, other, c.objective, pass_threshold, seed))

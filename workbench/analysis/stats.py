@@ -11,7 +11,9 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from workbench.core.cells import is_set
 from workbench.core.metrics import METRICS, Direction, Metric, MetricCatalogue, declare
+from workbench.scoring.base import available_scorers
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,8 +38,6 @@ def catalogue() -> MetricCatalogue:
     Each declares its metrics when its module is imported; this imports them, so a lookup never
     misses a built-in metric because nothing had loaded it yet.
     """
-    import workbench.replay.schema  # noqa: F401  (declares the measured columns)
-    from workbench.scoring.base import available_scorers
 
     available_scorers()
     return METRICS
@@ -74,7 +74,6 @@ def score_columns(df: pd.DataFrame) -> list[str]:
 
     What compare, the summary and the report show by default: a user's own scorer is in it as soon as it is registered.
     """
-    from workbench.scoring.base import available_scorers
 
     catalogue()
     names = dict.fromkeys(c for cls in available_scorers().values() for c in cls.columns)
@@ -88,8 +87,6 @@ def is_error(df: pd.DataFrame) -> pd.Series:
     "", "None" and "nan" are no error: a missing value can reach the table as any of those strings.
     """
     import pandas as pd
-
-    from workbench.core.cells import is_set
 
     if "error_kind" not in df.columns:
         return pd.Series(False, index=df.index)

@@ -14,22 +14,46 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from workbench.replay.store import typed_frame
+from workbench.core.store import typed_frame
 
 _TOPICS = [
-    ("What time do you open on Mondays at Main Street?", "On Mondays Main Street is open from 8 am to 6 pm.",
-     ["8 am", "6 pm"], "knowledge/hours-main-street.md"),
-    ("Where is the Lakeside office?", "Lakeside is at 85 Harbor Road, Suite 200.", ["85 Harbor Road", "Suite 200"],
-     "knowledge/locations-and-directions.md"),
-    ("How much is a physiotherapy session?", "A first physiotherapy session costs $135.", ["$135"],
-     "knowledge/physiotherapy.md"),
-    ("Is parking free at Main Street?", "Yes, there is a free lot with 40 spaces; the entrance is on Elm Avenue.",
-     ["40 spaces", "Elm Avenue"], "knowledge/parking.md"),
-    ("Are you open on Labor Day?", "No, both locations are closed on Monday, September 7.", ["September 7"],
-     "knowledge/holiday-closures-2026.md"),
-    ("How do I get my lab results?", "Results are in DianaConnect within 2 to 3 business days.",
-     ["2 to 3 business days", "DianaConnect"], "knowledge/lab-results.md"),
-]  # fmt: skip
+    (
+        "What time do you open on Mondays at Main Street?",
+        "On Mondays Main Street is open from 8 am to 6 pm.",
+        ["8 am", "6 pm"],
+        "knowledge/hours-main-street.md",
+    ),
+    (
+        "Where is the Lakeside office?",
+        "Lakeside is at 85 Harbor Road, Suite 200.",
+        ["85 Harbor Road", "Suite 200"],
+        "knowledge/locations-and-directions.md",
+    ),
+    (
+        "How much is a physiotherapy session?",
+        "A first physiotherapy session costs $135.",
+        ["$135"],
+        "knowledge/physiotherapy.md",
+    ),
+    (
+        "Is parking free at Main Street?",
+        "Yes, there is a free lot with 40 spaces; the entrance is on Elm Avenue.",
+        ["40 spaces", "Elm Avenue"],
+        "knowledge/parking.md",
+    ),
+    (
+        "Are you open on Labor Day?",
+        "No, both locations are closed on Monday, September 7.",
+        ["September 7"],
+        "knowledge/holiday-closures-2026.md",
+    ),
+    (
+        "How do I get my lab results?",
+        "Results are in DianaConnect within 2 to 3 business days.",
+        ["2 to 3 business days", "DianaConnect"],
+        "knowledge/lab-results.md",
+    ),
+]
 
 
 @dataclass(frozen=True)

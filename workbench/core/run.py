@@ -1,10 +1,10 @@
-"""A run folder, ``<runs_dir>/<run-id>/``, and the one way to read it: :class:`Run`.
+"""A run folder, ``<runs_dir>/<run-id>/``, and the one way to read it: :class:`RunFolder`.
 
 The folder's layout is named here and nowhere else: the manifest (what ran, on what), the turn rows
 (Parquet plus the journal of turns finished since the last compaction, written by
-:mod:`workbench.replay.store`), the stored scores (:mod:`workbench.scoring.persist`), the eval verdict
-and the report. ``Run.load(id).rows`` is the turn table with the stored scores overlaid, and a Run's
-``score``/``compare``/``report`` are the scoring and analysis layers applied to it.
+:mod:`workbench.core.store`), the stored scores (:mod:`workbench.scoring.persist`), the eval verdict
+and the report. ``RunFolder.load(id).rows`` is the turn table with the stored scores overlaid. The user's
+handle, :class:`workbench.Run`, is this class plus the verbs of the layers above (score, compare, report).
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from workbench.core.config import load_config
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from workbench.analysis.compare import Comparison
-
 log = logging.getLogger(__name__)
+R = TypeVar("R", bound="RunFolder")
 
 MANIFEST_FILE = "manifest.json"
 TURNS_FILE = "turns.parquet"
@@ -44,13 +45,12 @@ def resolve_runs_dir(runs_dir: str | Path | None = None) -> Path:
         runs_dir = os.environ.get(RUNS_DIR_ENV) or None
     if runs_dir is None:
         # config.py is a leaf module (pydantic, yaml), imported on first need so `import workbench` stays cheap
-        from workbench.config import load_config
 
         runs_dir = load_config().runs_dir
     return Path(runs_dir).expanduser().absolute()
 
 
-class Run:
+class RunFolder:
     """One run folder: its manifest, its turn table with the stored scores, and what to do with them.
 
     ``manifest`` is read once; ``rows`` is read on first use and again after :meth:`score`. Load a run
@@ -62,7 +62,7 @@ class Run:
         self._rows: pd.DataFrame | None = None
 
     @classmethod
-    def load(cls, run: str | Path, runs_dir: str | Path | None = None) -> Run:
+    def load(cls, run: str | Path, runs_dir: str | Path | None = None) -> Self:
         """A run by id (a folder in ``runs_dir``, see :func:`resolve_runs_dir`) or by the path of its folder."""
         p = Path(run)
         if (p / MANIFEST_FILE).exists():
@@ -73,7 +73,7 @@ class Run:
         raise FileNotFoundError(f"no run {str(run)!r}: expected {root / p}/{MANIFEST_FILE}")
 
     def __repr__(self) -> str:
-        return f"Run({self.run_id!r}, status={self.status!r}, path={str(self.path)!r})"
+        return f"{type(self).__name__}({self.run_id!r}, status={self.status!r}, path={str(self.path)!r})"
 
     # -- what the folder holds ----------------------------------------------------------------------------
     @property
@@ -109,7 +109,7 @@ class Run:
 
     @property
     def rows(self) -> pd.DataFrame:
-        """The turn table (``workbench.replay.schema.COLUMNS``), with the stored score columns overlaid."""
+        """The turn table (``workbench.core.schema.COLUMNS``), with the stored score columns overlaid."""
         if self._rows is None:
             self._rows = self._read_rows()
         return self._rows
@@ -117,9 +117,9 @@ class Run:
     def _read_rows(self) -> pd.DataFrame:
         import pandas as pd
 
-        # the turn table's schema, and the journal format, belong to the replay layer that writes them
-        from workbench.replay.schema import KEY
-        from workbench.replay.store import read_rows
+        # core.store imports this module (the file names), so its reader is imported on use
+        from workbench.core.schema import KEY
+        from workbench.core.store import read_rows
 
         df = read_rows(self.path)
         scores = self.path / SCORES_FILE
@@ -138,36 +138,13 @@ class Run:
         data = json.loads(meta.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
 
-    # -- what to do with it: the Run is the user's one handle, and its verbs live in the layers above ------
-    def score(self, scorers: list[str] | None = None, **kwargs: Any) -> Run:
-        """Score the run and store the columns beside it (``workbench score``); returns the run, rows refreshed.
 
-        ``scorers``: names (default: every registered one); ``kwargs``: ``judge_endpoint``, ``config_path``,
-        ``stack`` (see :func:`workbench.scoring.persist.score_run_folder`).
-        """
-        from workbench.scoring.persist import score_run_folder  # imported here: scoring sits above core
-
-        score_run_folder(self.path, scorers, **kwargs)
-        self._rows = None
-        return self
-
-    def compare(self, **kwargs: Any) -> Comparison:
-        """:func:`workbench.analysis.compare.compare` on :attr:`rows`; the baseline defaults to the suite's."""
-        from workbench.analysis.compare import compare  # imported here: analysis sits above core
-
-        kwargs.setdefault("baseline", (self.manifest.get("suite") or {}).get("baseline", "plain"))
-        return compare(self.rows, **kwargs)
-
-    def report(self, **kwargs: Any) -> Path:
-        """Write the HTML report (default ``<run>/report.html``) and return its path; ``vs`` may be a Run."""
-        from workbench.analysis.report import build_report  # imported here: analysis sits above core
-
-        if isinstance(kwargs.get("vs"), Run):
-            kwargs["vs"] = kwargs["vs"].path
-        return build_report(self.path, **kwargs)
-
-
-def list_runs(runs_dir: str | Path | None = None, filter: Callable[[Run], bool] | None = None) -> list[Run]:
+def list_runs(
+    runs_dir: str | Path | None = None,
+    filter: Callable[[R], bool] | None = None,
+    *,
+    cls: type[R] = RunFolder,  # type: ignore[assignment]
+) -> list[R]:
     """The runs in ``runs_dir`` (see :func:`resolve_runs_dir`), newest first; ``filter`` keeps those it accepts.
 
     A folder without a readable manifest is not a run and is skipped (with a warning when it has one).
@@ -175,9 +152,9 @@ def list_runs(runs_dir: str | Path | None = None, filter: Callable[[Run], bool] 
     root = resolve_runs_dir(runs_dir)
     if not root.is_dir():
         return []
-    runs: list[Run] = []
+    runs: list[R] = []
     for manifest in root.glob(f"*/{MANIFEST_FILE}"):
-        run = Run(manifest.parent)
+        run = cls(manifest.parent)
         try:
             run.manifest  # noqa: B018  (read now: an unreadable one is reported here, not at the caller)
         except (OSError, ValueError) as e:
@@ -197,7 +174,7 @@ __all__ = [
     "SCORES_META",
     "TURNS_FILE",
     "VERDICT_FILE",
-    "Run",
+    "RunFolder",
     "list_runs",
     "resolve_runs_dir",
 ]

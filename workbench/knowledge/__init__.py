@@ -6,7 +6,7 @@ compares directly with a dataset's reference contexts.
 """
 
 from workbench.knowledge.chunking import KnowledgeError
-from workbench.knowledge.embedding import MiniLMEmbedding
+from workbench.knowledge.embedding import LlamaIndexEmbedding
 from workbench.knowledge.index import KnowledgeIndex, clear_cache, default_index_dir, open_index
 
-__all__ = ["KnowledgeError", "KnowledgeIndex", "MiniLMEmbedding", "clear_cache", "default_index_dir", "open_index"]
+__all__ = ["KnowledgeError", "KnowledgeIndex", "LlamaIndexEmbedding", "clear_cache", "default_index_dir", "open_index"]

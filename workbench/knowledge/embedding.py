@@ -49,8 +49,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-class MiniLMEmbedding(BaseEmbedding):
-    """Adapter from our embedder (normalised numpy vectors) to llama-index's embedding interface.
+class LlamaIndexEmbedding(BaseEmbedding):
+    """Our MiniLM embedder (:class:`~workbench.models.embeddings.MiniLMEmbedder`) as a llama-index embedding.
 
     ``calls`` and ``texts_embedded`` count real embedder work, so tests and the CLI summary can tell
     embedding from reuse; ``query_vector`` is the fast path retrieval uses (a cached float32 array).
@@ -75,7 +75,7 @@ class MiniLMEmbedding(BaseEmbedding):
         if name is None:
             name = getattr(embedder, "name", None)
             if name is None:
-                raise TypeError("MiniLMEmbedding needs an embedder with a .name, or name= with a factory")
+                raise TypeError("LlamaIndexEmbedding needs an embedder with a .name, or name= with a factory")
         super().__init__(model_name=name, **kwargs)
         self._embedder = embedder if hasattr(embedder, "embed") else None
         self._factory = None if self._embedder is not None else embedder

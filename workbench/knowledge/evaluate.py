@@ -9,7 +9,7 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class RefTurn:
+class RetrievalCase:
     """A user turn with the documents (``knowledge/<file>.md``) its reference answer relies on."""
 
     conversation: str
@@ -18,7 +18,7 @@ class RefTurn:
     contexts: frozenset[str]
 
 
-def load_turns(conversations: str | Path) -> list[RefTurn]:
+def load_turns(conversations: str | Path) -> list[RetrievalCase]:
     """Turns of a ``conversations.jsonl`` that have reference contexts (out-of-scope turns have none)."""
     turns = []
     for line_no, line in enumerate(Path(conversations).read_text().splitlines(), 1):
@@ -28,13 +28,13 @@ def load_turns(conversations: str | Path) -> list[RefTurn]:
             conv = json.loads(line)
             for i, t in enumerate(conv["turns"]):
                 if t.get("contexts"):
-                    turns.append(RefTurn(conv["id"], i, t["user"], frozenset(t["contexts"])))
+                    turns.append(RetrievalCase(conv["id"], i, t["user"], frozenset(t["contexts"])))
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{conversations}:{line_no}: not a conversation record: {e}") from e
     return turns
 
 
-def context_recall(index: Any, turns: list[RefTurn], top_k: int = 3) -> dict[str, float]:
+def context_recall(index: Any, turns: list[RetrievalCase], top_k: int = 3) -> dict[str, float]:
     """Mean share of each turn's reference documents found among the top-k passages' sources.
 
     ``all`` counts every turn, ``opening`` only first turns; follow-ups ("And on Saturdays?") often

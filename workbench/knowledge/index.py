@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workbench.core.config import load_config
 from workbench.core.types import Passage
 from workbench.knowledge.chunking import (
     KnowledgeError,
@@ -36,7 +37,9 @@ from workbench.knowledge.chunking import (
     read_folder,
     splitter_settings,
 )
-from workbench.knowledge.embedding import Embedder, MiniLMEmbedding
+from workbench.knowledge.embedding import Embedder, LlamaIndexEmbedding
+from workbench.models import ModelStack
+from workbench.models.embeddings import MiniLMEmbedder
 
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex
@@ -85,7 +88,7 @@ class _Snapshot:
 class KnowledgeIndex:
     """Hybrid retrieval over one folder; build or load it with :func:`open_index`."""
 
-    def __init__(self, folder: Path, index_dir: Path, embedding: MiniLMEmbedding) -> None:
+    def __init__(self, folder: Path, index_dir: Path, embedding: LlamaIndexEmbedding) -> None:
         self.folder = folder
         self.index_dir = index_dir
         self.embedding = embedding
@@ -272,9 +275,13 @@ def _bm25_scores(retriever: Any, query: str) -> np.ndarray:
     import bm25s
 
     tokens = bm25s.tokenize(
-        query, stopwords="en", stemmer=retriever.stemmer, token_pattern=retriever.token_pattern,
-        return_ids=False, show_progress=False,
-    )[0]  # fmt: skip
+        query,
+        stopwords="en",
+        stemmer=retriever.stemmer,
+        token_pattern=retriever.token_pattern,
+        return_ids=False,
+        show_progress=False,
+    )[0]
     ids = retriever.bm25.get_tokens_ids(tokens)
     if not ids:
         return np.zeros(int(retriever.bm25.scores["num_docs"]), dtype=np.float32)
@@ -322,8 +329,6 @@ def _executor() -> ThreadPoolExecutor:
 def _default_stack() -> ModelStack:
     global _DEFAULT_STACK
     if _DEFAULT_STACK is None:
-        from workbench.models import ModelStack
-
         _DEFAULT_STACK = ModelStack()
     return _DEFAULT_STACK
 
@@ -352,8 +357,6 @@ def open_index(
     if out is not None:
         index_dir = Path(out).resolve()
     else:
-        from workbench.config import load_config
-
         state_dir = stack.config.state_dir if stack is not None else load_config().state_dir
         index_dir = default_index_dir(folder, state_dir).resolve()
     key = (folder, index_dir, id(embedder if embedder is not None else stack))
@@ -362,12 +365,10 @@ def open_index(
         index = _CACHE.get(key)
         if index is None:
             if embedder is not None:
-                embedding = MiniLMEmbedding(embedder)
+                embedding = LlamaIndexEmbedding(embedder)
             else:
-                from workbench.models.embeddings import MiniLMEmbedder
-
                 name = MiniLMEmbedder.identity(stack.config.embeddings)  # type: ignore[union-attr]
-                embedding = MiniLMEmbedding(stack.embedder, name=name)  # type: ignore[union-attr]
+                embedding = LlamaIndexEmbedding(stack.embedder, name=name)  # type: ignore[union-attr]
             index = KnowledgeIndex(folder, index_dir, embedding)
             index._owner = embedder if embedder is not None else stack  # keeps id() in the key valid
     index.sync(rebuild=rebuild)

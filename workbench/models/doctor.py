@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from livekit.agents import llm
 
+from workbench.core.wer import wer
 from workbench.models.assets import MissingAssetError
 from workbench.models.audio import frames_to_mono_f32, pcm_to_frames
 from workbench.models.stack import ModelStack
@@ -68,7 +69,6 @@ async def _check_tts(stack: ModelStack, kind: str) -> tuple[Check, list]:
 
 
 async def _check_stt(stack: ModelStack, frames: list) -> Check:
-    from workbench.core.wer import wer
 
     stt, load = _timed(stack.stt)
     pcm = frames_to_mono_f32(frames, 16000)

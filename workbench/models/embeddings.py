@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from workbench.config import EmbeddingsConfig
+from workbench.core.config import EmbeddingsConfig
 from workbench.models.assets import minilm_dir
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx2
 
-from workbench.config import EndpointConfig
+from workbench.core.config import EndpointConfig
 from workbench.models.assets import resolve_gguf
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,30 @@ class LocalLLMServer:
     def command(self) -> list[str]:
         e = self.endpoint
         return [
-            sys.executable, "-m", "workbench.models._llama_serve", str(os.getpid()),
-            "--model", str(self.model_path), "--model_alias", self.model_name,
-            "--host", self.host, "--port", str(self.port),
-            "--n_ctx", str(e.n_ctx), "--n_threads", str(e.n_threads),
+            sys.executable,
+            "-m",
+            "workbench.models._llama_serve",
+            str(os.getpid()),
+            "--model",
+            str(self.model_path),
+            "--model_alias",
+            self.model_name,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            str(e.n_ctx),
+            "--n_threads",
+            str(e.n_threads),
             # defaults double RAM / silently cut off the streaming request: see field notes
-            "--logits_all", "False", "--interrupt_requests", "False",
-            "--verbose", "False",
-        ]  # fmt: skip
+            "--logits_all",
+            "False",
+            "--interrupt_requests",
+            "False",
+            "--verbose",
+            "False",
+        ]
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -6,7 +6,7 @@ from typing import Any
 
 from livekit.agents import vad
 
-from workbench.config import TurnConfig, VADConfig
+from workbench.core.config import TurnConfig, VADConfig
 
 
 def load_vad(config: VADConfig | None = None) -> vad.VAD:

@@ -17,7 +17,7 @@ from livekit.agents import tts as lk_tts
 from livekit.agents import vad as lk_vad
 from livekit.plugins import openai as lk_openai
 
-from workbench.config import EndpointConfig, WorkbenchConfig, load_config
+from workbench.core.config import EndpointConfig, WorkbenchConfig, load_config
 from workbench.models.chat_client import chat_client
 from workbench.models.llm_server import LocalLLMServer
 

@@ -17,7 +17,7 @@ from livekit.agents.language import LanguageCode
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import AudioBuffer
 
-from workbench.config import STTConfig
+from workbench.core.config import STTConfig
 from workbench.models.assets import whisper_dir
 from workbench.models.audio import frames_to_mono_f32
 from workbench.models.session import SessionHandles
@@ -52,9 +52,13 @@ class WhisperSTT(SessionHandles, stt.STT):
         if pcm16k.size < 1600:  # under 0.1 s: nothing Whisper can use
             return "", 0.0
         segments, _ = self._model.transcribe(
-            pcm16k, language=self.config.language, beam_size=self.config.beam_size,
-            condition_on_previous_text=False, vad_filter=False, without_timestamps=True,
-        )  # fmt: skip
+            pcm16k,
+            language=self.config.language,
+            beam_size=self.config.beam_size,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            without_timestamps=True,
+        )
         segs = list(segments)
         text = " ".join(s.text.strip() for s in segs).strip()
         conf = float(np.mean([np.exp(s.avg_logprob) for s in segs])) if segs else 0.0

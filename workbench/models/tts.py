@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, tts
 
-from workbench.config import TTSConfig
+from workbench.core.config import TTSConfig
 from workbench.models.assets import espeak_binary, piper_voice
 from workbench.models.session import SessionHandles
 

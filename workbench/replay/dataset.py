@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from workbench.replay.audio import AudioLoadError, probe_audio
+
 CONVERSATIONS_FILE = "conversations.jsonl"
 KNOWLEDGE_DIR = "knowledge"
 AUDIO_DIR = "audio"
@@ -350,7 +352,6 @@ def validate_dataset(path: str | Path, *, check_audio: bool = True) -> list[Data
 
     ``check_audio`` also opens each audio header (cheap) and compares it with ``audio_meta``.
     """
-    from workbench.replay.audio import AudioLoadError, probe_audio
 
     root = Path(path)
     try:

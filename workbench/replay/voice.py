@@ -27,6 +27,7 @@ from livekit.agents.voice import io
 from workbench.core.wer import wer
 from workbench.models import ModelStack
 from workbench.pipeline import build_agent, build_session
+from workbench.replay.audio import load_audio
 from workbench.replay.text import dataset_row, trace_columns
 from workbench.strategies.base import Strategy
 
@@ -189,7 +190,6 @@ def has_audio(conv: Any, variant: str) -> bool:
 
 def load_utterance(dataset: Any, turn: Any, variant: str) -> Utterance:
     """The turn's recording at 16 kHz mono and its known end of speech (estimated only when not recorded)."""
-    from workbench.replay.audio import load_audio
 
     path = dataset.audio_path(turn, variant)
     samples = load_audio(path, target_rate=RATE).samples

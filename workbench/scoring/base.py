@@ -26,6 +26,7 @@ from workbench.core.aio import run_sync as run_sync  # re-exported: scorers impo
 from workbench.core.cells import as_list as as_list
 from workbench.core.cells import as_text as as_text
 from workbench.core.metrics import Metric, declare
+from workbench.models import ModelStack
 
 if TYPE_CHECKING:
     from workbench.models import ModelStack
@@ -57,8 +58,6 @@ class ScoreContext:
     @property
     def stack(self) -> ModelStack:
         if self._stack is None:
-            from workbench.models import ModelStack
-
             self._stack, self._own_stack = ModelStack(), True
         return self._stack
 
@@ -151,7 +150,7 @@ def _origin(cls: type) -> tuple[str, str]:
 
 def _load_builtins() -> None:
     """Importing a scorer module registers its scorers: the offline ones first, as they always run."""
-    for module in ("offline", "judge"):
+    for module in ("offline", "judge", "faults"):
         importlib.import_module(f"workbench.scoring.{module}")
 
 
@@ -214,7 +213,7 @@ def score_run(
     chosen = _resolve_names(names)
     own_judge = isinstance(judge, str)
     if isinstance(judge, str):
-        from workbench.scoring.judge import JudgeLLM
+        from workbench.scoring.judge import JudgeLLM  # judge.py's scorers register here: it imports this module
 
         judge = JudgeLLM.from_endpoint(judge, stack=stack)
     ctx = ScoreContext(dataset=dataset, stack=stack, judge=judge)
@@ -244,8 +243,10 @@ def score_run(
             if empty:  # an all-NaN column is a placeholder: leave it out and say why
                 cols = cols.drop(columns=empty)
                 failed = set(getattr(sc, "failed_columns", ()))
-                whys = [f"{c} absent: {'every row it applies to failed' if c in failed else 'no row it applies to'}"
-                        for c in empty]  # fmt: skip
+                whys = [
+                    f"{c} absent: {'every row it applies to failed' if c in failed else 'no row it applies to'}"
+                    for c in empty
+                ]
                 note = "; ".join([*whys, *([note] if note else [])])
             if cols.columns.empty:
                 status = "failed" if set(getattr(sc, "failed_columns", ())) else "skipped"

@@ -18,24 +18,67 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 
 _ONES = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
-}  # fmt: skip
+    "zero": 0,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+}
 _TEENS = {
-    "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
-    "seventeen": 17, "eighteen": 18, "nineteen": 19,
-}  # fmt: skip
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
+    "eighteen": 18,
+    "nineteen": 19,
+}
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 _ORDINALS = {
-    "first": 1, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8, "ninth": 9,
-    "tenth": 10, "eleventh": 11, "twelfth": 12, "thirteenth": 13, "fourteenth": 14, "fifteenth": 15,
-    "sixteenth": 16, "seventeenth": 17, "eighteenth": 18, "nineteenth": 19, "twentieth": 20, "thirtieth": 30,
-}  # fmt: skip
+    "first": 1,
+    "third": 3,
+    "fourth": 4,
+    "fifth": 5,
+    "sixth": 6,
+    "seventh": 7,
+    "eighth": 8,
+    "ninth": 9,
+    "tenth": 10,
+    "eleventh": 11,
+    "twelfth": 12,
+    "thirteenth": 13,
+    "fourteenth": 14,
+    "fifteenth": 15,
+    "sixteenth": 16,
+    "seventeenth": 17,
+    "eighteenth": 18,
+    "nineteenth": 19,
+    "twentieth": 20,
+    "thirtieth": 30,
+}
 _MONTHS = "january february march april may june july august september october november december".split()
 _MONTH_ABBR = {
-    "jan": "january", "feb": "february", "mar": "march", "apr": "april", "jun": "june", "jul": "july",
-    "aug": "august", "sep": "september", "sept": "september", "oct": "october", "nov": "november",
+    "jan": "january",
+    "feb": "february",
+    "mar": "march",
+    "apr": "april",
+    "jun": "june",
+    "jul": "july",
+    "aug": "august",
+    "sep": "september",
+    "sept": "september",
+    "oct": "october",
+    "nov": "november",
     "dec": "december",
-}  # fmt: skip
+}
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _WEEKDAY_ABBR = {
     "mon": "monday",
@@ -46,9 +89,18 @@ _WEEKDAY_ABBR = {
     "thur": "thursday",
     "thurs": "thursday",
     "fri": "friday",
-}  # fmt: skip  (no "sat"/"sun": too often ordinary words)
-_SYNONYMS = {"doctor": "dr", "ext": "extension", "bucks": "dollar", "hr": "hour", "hrs": "hour", "mins": "minute",
-             "min": "minute", "&": "and", "pct": "percent"}  # fmt: skip
+}  # no "sat"/"sun": too often ordinary words
+_SYNONYMS = {
+    "doctor": "dr",
+    "ext": "extension",
+    "bucks": "dollar",
+    "hr": "hour",
+    "hrs": "hour",
+    "mins": "minute",
+    "min": "minute",
+    "&": "and",
+    "pct": "percent",
+}
 _RANGE_WORDS = {"to", "until", "till", "til", "through", "thru", "-"}
 _PER_UNITS = {"hour", "day", "dose", "session", "visit", "month", "week", "year", "minute", "person", "page"}
 _NEGATIONS = {"no", "not", "never", "dont", "doesnt", "isnt", "arent", "cant", "cannot", "wont", "without", "none"}
@@ -171,8 +223,9 @@ def canonical_tokens(text: str | None) -> list[str]:
         t = toks[i]
         prev = out[-1] if out else ""
         nxt = toks[i + 1] if i + 1 < len(toks) else ""
-        if t in _ORDINALS and (prev in _MONTHS or nxt == "floor" or (nxt == "of" and i + 2 < len(toks)
-                                                                   and toks[i + 2] in _MONTHS)):  # fmt: skip
+        if t in _ORDINALS and (
+            prev in _MONTHS or nxt == "floor" or (nxt == "of" and i + 2 < len(toks) and toks[i + 2] in _MONTHS)
+        ):
             t = str(_ORDINALS[t])
         elif t == "second" and (prev in _MONTHS or nxt == "floor"):
             t = "2"
@@ -208,8 +261,10 @@ def _rewrite(toks: list[str]) -> list[str]:
             out.append("am")
             i += 3
             continue
-        if _is_num(prev) and (toks[i : i + 3] in (["in", "the", "afternoon"], ["in", "the", "evening"])
-                              or toks[i : i + 2] == ["at", "night"]):  # fmt: skip
+        if _is_num(prev) and (
+            toks[i : i + 3] in (["in", "the", "afternoon"], ["in", "the", "evening"])
+            or toks[i : i + 2] == ["at", "night"]
+        ):
             out.append("pm")
             i += 3 if t == "in" else 2
             continue

@@ -22,9 +22,12 @@ import httpx2
 import pandas as pd
 
 from workbench.core.cells import as_list, as_text
+from workbench.core.config import load_config
 from workbench.core.io import atomic_write_json
 from workbench.core.metrics import METRICS, Metric
+from workbench.models import ModelStack
 from workbench.scoring.base import ScoreContext, Scorer, available_scorers, run_sync, scorer
+from workbench.scoring.offline import ragas_metrics
 
 if TYPE_CHECKING:
     from workbench.models import ModelStack
@@ -101,9 +104,11 @@ class CachingTransport(httpx2.AsyncBaseTransport):
             except ValueError:
                 req = None
             self.cache.put(key, req, ctype, content)
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-encoding",
-                                                                                 "content-length",
-                                                                                 "transfer-encoding")}  # fmt: skip
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        }
         return httpx2.Response(response.status_code, headers=headers, content=content, request=request)
 
     async def aclose(self) -> None:
@@ -144,8 +149,6 @@ class JudgeLLM:
         cls, name: str, *, stack: ModelStack | None = None, config_path: str | Path | None = None
     ) -> JudgeLLM:
         """The endpoint ``name`` from the workbench config (a ``local`` one gets its server started)."""
-        from workbench.config import load_config
-        from workbench.models import ModelStack
 
         own = stack is None
         stack = stack or ModelStack(load_config(config_path))
@@ -269,7 +272,6 @@ class RagasJudgeScorer(Scorer):
         self.note: str | None = None
 
     def score(self, df: pd.DataFrame, ctx: ScoreContext) -> pd.DataFrame:
-        from workbench.scoring.offline import ragas_metrics
 
         ragas_metrics()
         from ragas.llms.base import llm_factory
@@ -375,10 +377,16 @@ def _chat_contexts(df: pd.DataFrame) -> list[tuple[Any, Any]]:
         passages = [str(c) for c in as_list(r["contexts"])]
         if passages:
             call_id = f"retrieval_{r['turn_index']}"
-            ctx.items.append(FunctionCall(call_id=call_id, name="search_knowledge",
-                                          arguments=json.dumps({"query": as_text(r["user_text"])})))  # fmt: skip
-            ctx.items.append(FunctionCallOutput(call_id=call_id, name="search_knowledge",
-                                                output="\n\n".join(passages), is_error=False))  # fmt: skip
+            ctx.items.append(
+                FunctionCall(
+                    call_id=call_id, name="search_knowledge", arguments=json.dumps({"query": as_text(r["user_text"])})
+                )
+            )
+            ctx.items.append(
+                FunctionCallOutput(
+                    call_id=call_id, name="search_knowledge", output="\n\n".join(passages), is_error=False
+                )
+            )
         ctx.add_message(role="assistant", content=as_text(r["answer"]))
         ref = None
         if as_text(r["reference"]).strip():

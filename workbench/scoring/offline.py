@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import typing as t
+import warnings
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -38,11 +39,10 @@ def ragas_metrics() -> Any:
     background thread sends its batched events (after any such scope has ended) and caches the first answer.
     """
     os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
-    import warnings
+    with warnings.catch_warnings():  # its deprecation notices are for ragas' users' code, not ours
+        warnings.filterwarnings("ignore", message=r"Importing .* from 'ragas.metrics' is deprecated", category=Warning)
+        import ragas.metrics
 
-    import ragas.metrics
-
-    warnings.filterwarnings("ignore", message=r"Importing .* from 'ragas.metrics' is deprecated", category=Warning)
     return ragas.metrics
 
 

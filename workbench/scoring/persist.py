@@ -16,10 +16,14 @@ from typing import Any
 
 import pandas as pd
 
+from workbench.core.config import load_config
 from workbench.core.io import atomic_file, atomic_write_json
-from workbench.core.run import SCORES_FILE, SCORES_META, Run
-from workbench.replay.schema import KEY
-from workbench.replay.store import read_rows
+from workbench.core.run import SCORES_FILE, SCORES_META, RunFolder
+from workbench.core.schema import KEY
+from workbench.core.store import read_rows
+from workbench.models import ModelStack
+from workbench.scoring.base import available_scorers, score_run
+from workbench.scoring.judge import JudgeLLM
 
 
 @dataclass
@@ -43,14 +47,14 @@ class ScoredRun:
 
 def load_scored(run: str | Path, runs_dir: str | Path | None = None) -> ScoredRun:
     """Rows + scores (stored score columns replace same-named turn columns, e.g. a re-computed ``wer``)."""
-    r = Run.load(run, runs_dir)
+    r = RunFolder.load(run, runs_dir)
     return ScoredRun(r.path, r.rows, r.manifest, r.scoring)
 
 
 def write_scores(path: Path, scored: pd.DataFrame, scoring: dict[str, Any]) -> Path:
     """Store the columns the scorers in ``scoring`` produced, replacing theirs and keeping other scorers'."""
     path = Path(path)
-    old_meta = Run(path).scoring
+    old_meta = RunFolder(path).scoring
     outcomes = scoring.get("scorers", [])
     touched = {o["name"] for o in outcomes}
     old_cols_by_scorer = {s["name"]: s.get("columns", []) for s in old_meta.get("scorers", [])}
@@ -81,7 +85,6 @@ def write_scores(path: Path, scored: pd.DataFrame, scoring: dict[str, Any]) -> P
 
 
 def _judge_scorers() -> set[str]:
-    from workbench.scoring.base import available_scorers
 
     return {n for n, cls in available_scorers().items() if cls.needs_judge}
 
@@ -96,12 +99,8 @@ def score_run_folder(
     stack: Any = None,
 ) -> tuple[Path, dict[str, Any]]:
     """``workbench score``: score a stored run and write ``scores.parquet``/``scores.json`` beside it."""
-    from workbench.config import load_config
-    from workbench.models import ModelStack
-    from workbench.scoring.base import score_run
-    from workbench.scoring.judge import JudgeLLM
 
-    target = Run.load(run, runs_dir)
+    target = RunFolder.load(run, runs_dir)
     path = target.path
     df = read_rows(path)
     if df.empty:

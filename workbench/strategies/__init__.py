@@ -1,6 +1,6 @@
 """Interchangeable LLM strategies, each a streaming ``livekit.agents.llm.LLM``."""
 
-from workbench.strategies.base import Passage, Strategy, StrategyOptions, Turn, TurnTrace
+from workbench.strategies.base import Passage, Strategy, StrategyOptions, StrategyTurn, TurnTrace
 from workbench.strategies.registry import REGISTRY, available, build, register, validate
 
 __all__ = [
@@ -8,7 +8,7 @@ __all__ = [
     "Passage",
     "Strategy",
     "StrategyOptions",
-    "Turn",
+    "StrategyTurn",
     "TurnTrace",
     "available",
     "build",

@@ -171,8 +171,8 @@ def last_user_message(chat_ctx: ChatContext) -> ChatMessage | None:
 
 
 @dataclass
-class Turn:
-    """Everything a strategy's ``generate`` gets for one turn."""
+class StrategyTurn:
+    """One call of a strategy: what its ``generate`` gets for the turn (context, tools, trace, whose LLM)."""
 
     chat_ctx: ChatContext
     tools: list[llm.Tool]
@@ -189,7 +189,7 @@ class Turn:
         """The strategy's LLM answering this turn (or ``chat_ctx``), chunk by chunk as they arrive."""
         return self.strategy.stream_llm(self, chat_ctx)
 
-    def passed_to(self, strategy: Strategy, chat_ctx: ChatContext) -> Turn:
+    def passed_to(self, strategy: Strategy, chat_ctx: ChatContext) -> StrategyTurn:
         """This turn (same trace and tools) for an inner strategy's ``generate``, with its own context."""
         return replace(self, strategy=strategy, chat_ctx=chat_ctx)
 
@@ -283,7 +283,7 @@ class Strategy(SessionHandles, llm.LLM):
         if ep is not None and ep.server is not None and not ep.server.alive():
             await asyncio.to_thread(ep.ensure_ready)
 
-    async def stream_llm(self, turn: Turn, chat_ctx: ChatContext | None = None) -> AsyncIterator[llm.ChatChunk]:
+    async def stream_llm(self, turn: StrategyTurn, chat_ctx: ChatContext | None = None) -> AsyncIterator[llm.ChatChunk]:
         """Forward this strategy's LLM's chunks as they arrive (tool calls included, nothing buffered)."""
         await self.ready()
         # the endpoint's own timeout: the strategy's first-chunk/chunk timeouts decide when to fall back
@@ -301,7 +301,7 @@ class Strategy(SessionHandles, llm.LLM):
     def provider(self) -> str:
         return "dianachat-workbench"
 
-    def generate(self, turn: Turn) -> AsyncIterator[str | llm.ChatChunk]:
+    def generate(self, turn: StrategyTurn) -> AsyncIterator[str | llm.ChatChunk]:
         """Yield the answer as it is produced: text deltas or ``ChatChunk``s (e.g. tool calls)."""
         raise NotImplementedError
 
@@ -413,7 +413,9 @@ class StrategyStream(llm.LLMStream):
         user = last_user_message(self._chat_ctx)
         trace = TurnTrace(strategy=s.name, user_message_id=user.id if user else None)
         ctx, trace.history_dropped = trim_history(self._chat_ctx, s.prompt_budget)
-        turn = Turn(chat_ctx=ctx, tools=list(self._tools), conn_options=self._conn_options, trace=trace, strategy=s)
+        turn = StrategyTurn(
+            chat_ctx=ctx, tools=list(self._tools), conn_options=self._conn_options, trace=trace, strategy=s
+        )
         sent = False
         try:
             gen = s.generate(turn)
@@ -462,4 +464,4 @@ class StrategyStream(llm.LLMStream):
         raise APIConnectionError(f"strategy {s.name} failed: {trace.error_kind}", retryable=False) from e
 
 
-__all__ = ["APIError", "Passage", "Strategy", "StrategyOptions", "StrategyStream", "Turn", "TurnTrace"]
+__all__ = ["APIError", "Passage", "Strategy", "StrategyOptions", "StrategyStream", "StrategyTurn", "TurnTrace"]

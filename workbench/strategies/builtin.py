@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from livekit.agents import llm
 
-from workbench.strategies.base import Strategy, Turn
+from workbench.strategies.base import Strategy, StrategyTurn
 from workbench.strategies.registry import register
 
 
@@ -16,6 +16,6 @@ class PlainStrategy(Strategy):
 
     kind = "plain"
 
-    async def generate(self, turn: Turn) -> AsyncIterator[str | llm.ChatChunk]:
+    async def generate(self, turn: StrategyTurn) -> AsyncIterator[str | llm.ChatChunk]:
         async for chunk in turn.stream():
             yield chunk

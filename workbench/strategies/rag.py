@@ -17,13 +17,12 @@ from livekit.agents import Agent, llm
 from livekit.agents.voice import ModelSettings
 from pydantic import field_validator
 
+from workbench.knowledge import KnowledgeError, open_index
 from workbench.models import ModelStack
-from workbench.strategies.base import Passage, Strategy, StrategyOptions, Turn, last_user_message
+from workbench.strategies.base import Passage, Strategy, StrategyOptions, StrategyTurn, last_user_message
 from workbench.strategies.builtin import PlainStrategy
 from workbench.strategies.context import with_context_in_instructions, with_context_in_user_turn
 from workbench.strategies.registry import build, register
-
-DEMO_KNOWLEDGE = Path(__file__).resolve().parents[2] / "datasets" / "dianachat_demo" / "knowledge"
 
 Placement = Literal["instructions", "user_turn"]
 PLACE: dict[str, Callable[[llm.ChatContext, list[Passage]], llm.ChatContext]] = {
@@ -40,9 +39,14 @@ class RetrievalOptions(StrategyOptions):
 
 
 def open_knowledge(cfg: RetrievalOptions, stack: ModelStack) -> Any:
-    from workbench.knowledge import open_index
-
-    return open_index(Path(cfg.knowledge) if cfg.knowledge else DEMO_KNOWLEDGE, stack)
+    """The strategy's index. No folder is an error, not a default: answers from someone else's documents
+    would look like a working strategy."""
+    if not cfg.knowledge:
+        raise KnowledgeError(
+            "a retrieval strategy needs `knowledge:`, a folder of documents (a suite fills it in with its "
+            "dataset's knowledge/ folder)"
+        )
+    return open_index(Path(cfg.knowledge), stack)
 
 
 async def retrieve_into(
@@ -95,7 +99,7 @@ class RetrievalStrategy(Strategy):
     def prompt_budget(self) -> int:
         return self.config.history_tokens or self.inner.prompt_budget
 
-    async def generate(self, turn: Turn) -> AsyncIterator[str | llm.ChatChunk]:
+    async def generate(self, turn: StrategyTurn) -> AsyncIterator[str | llm.ChatChunk]:
         ctx, turn.trace.contexts = await retrieve_into(
             turn.chat_ctx, self.index, self.config.top_k, self.config.placement
         )
@@ -223,7 +227,7 @@ class ExtractiveStrategy(Strategy):
         super().__init__(config, stack=stack)
         self.index = open_knowledge(self.config, self.stack) if index is None else index
 
-    async def generate(self, turn: Turn) -> AsyncIterator[str | llm.ChatChunk]:
+    async def generate(self, turn: StrategyTurn) -> AsyncIterator[str | llm.ChatChunk]:
         cfg = self.config
         passages: list[Passage] = await self.index.aretrieve(turn.user_text, max(1, cfg.top_k))
         turn.trace.contexts = passages

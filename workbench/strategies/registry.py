@@ -7,6 +7,7 @@ strategy on a model stack, so a strategy never handles its own config, endpoint 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,27 @@ def validate(spec: Spec) -> tuple[type[Strategy], str, StrategyOptions]:
     return cls, name, cfg
 
 
+def with_knowledge(cfg: dict[str, Any], knowledge: Path | str) -> dict[str, Any]:
+    """``cfg`` with every retrieval strategy in it (itself, its inner and fallback ones) that names no
+    documents pointed at ``knowledge``: a suite's dataset, or the folder the outer strategy names."""
+    _load_builtins()
+    cfg = dict(cfg)
+    cls = REGISTRY.get(cfg.get("kind", ""))
+    if cls is not None and "knowledge" in cls.Config.model_fields and not cfg.get("knowledge"):  # type: ignore[attr-defined]
+        cfg["knowledge"] = str(knowledge)
+    for nested in ("inner", "fallback"):
+        if isinstance(cfg.get(nested), str):
+            cfg[nested] = with_knowledge({"kind": cfg[nested]}, knowledge)
+        elif isinstance(cfg.get(nested), dict):
+            cfg[nested] = with_knowledge(cfg[nested], knowledge)
+    return cfg
+
+
 def build(spec: Spec, stack: ModelStack | None = None) -> Strategy:
-    """A strategy from a name, a config mapping, or a YAML file; fallbacks are built recursively."""
+    """A strategy from a name, a config mapping, or a YAML file; fallbacks are built recursively and search
+    the outer strategy's ``knowledge`` unless they name their own."""
+    if isinstance(spec, Mapping) and spec.get("knowledge"):
+        spec = with_knowledge(dict(spec), spec["knowledge"])
     cls, name, cfg = validate(spec)
     stack = stack or ModelStack()
     strategy = cls.from_config(cfg, stack)

@@ -46,6 +46,20 @@ class _EnergyVADStream(vad.VADStream):
             loud = float(np.sqrt(np.mean(pcm**2))) > v.threshold if pcm.size else False
             dur = frame.duration
             ts = samples / frame.sample_rate
+
+            def send(kind: vad.VADEventType, **extra: Any) -> None:
+                self._event_ch.send_nowait(
+                    vad.VADEvent(
+                        type=kind,
+                        samples_index=samples,  # noqa: B023  (sent at once, within this iteration)
+                        timestamp=ts,  # noqa: B023
+                        speech_duration=speech_s,  # noqa: B023
+                        silence_duration=silence_s,  # noqa: B023
+                        speaking=speaking,  # noqa: B023
+                        **extra,
+                    )
+                )
+
             if loud:
                 speech_s, silence_s = speech_s + dur, 0.0
             else:
@@ -54,24 +68,14 @@ class _EnergyVADStream(vad.VADStream):
                 speech_frames.append(frame)
             if not speaking and loud and speech_s >= v.min_speech_s:
                 speaking = True
-                self._event_ch.send_nowait(vad.VADEvent(
-                    type=vad.VADEventType.START_OF_SPEECH, samples_index=samples, timestamp=ts,
-                    speech_duration=speech_s, silence_duration=0.0, frames=list(speech_frames), speaking=True,
-                ))  # fmt: skip
+                send(vad.VADEventType.START_OF_SPEECH, frames=list(speech_frames))
             elif speaking and silence_s >= v.silence_s - 1e-9:
                 speaking = False
-                self._event_ch.send_nowait(vad.VADEvent(
-                    type=vad.VADEventType.END_OF_SPEECH, samples_index=samples, timestamp=ts,
-                    speech_duration=speech_s, silence_duration=silence_s, frames=list(speech_frames),
-                    speaking=False,
-                ))  # fmt: skip
+                send(vad.VADEventType.END_OF_SPEECH, frames=list(speech_frames))
                 speech_frames, speech_s = [], 0.0
             elif not speaking and not loud:
                 speech_s, speech_frames = 0.0, []
-            self._event_ch.send_nowait(vad.VADEvent(
-                type=vad.VADEventType.INFERENCE_DONE, samples_index=samples, timestamp=ts, speech_duration=speech_s,
-                silence_duration=silence_s, probability=1.0 if loud else 0.0, speaking=speaking,
-            ))  # fmt: skip
+            send(vad.VADEventType.INFERENCE_DONE, probability=1.0 if loud else 0.0)
 
 
 class FixedDelaySTT(stt.STT):
@@ -111,8 +115,9 @@ class FixedDelayTTS(tts.TTS):
 class _ToneStream(tts.ChunkedStream):
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         t: FixedDelayTTS = self._tts  # type: ignore[assignment]
-        output_emitter.initialize(request_id=uuid.uuid4().hex, sample_rate=t.sample_rate, num_channels=1,
-                                  mime_type="audio/pcm")  # fmt: skip
+        output_emitter.initialize(
+            request_id=uuid.uuid4().hex, sample_rate=t.sample_rate, num_channels=1, mime_type="audio/pcm"
+        )
         await asyncio.sleep(t.ttfb_s)
         n = max(1, int(len(self._input_text.split()) * t.seconds_per_word * t.sample_rate))
         tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / t.sample_rate) * 32767).astype(np.int16)

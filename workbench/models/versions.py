@@ -1,6 +1,6 @@
 """What a run was measured with: package versions and model file hashes, and how two such records differ.
 
-The run manifest records them (:func:`workbench.replay.store.environment_info`), ``workbench promote``
+The run manifest records them (:func:`environment_info`), ``workbench promote``
 copies them into ``worker/promoted.yaml`` (``measured_with``), the worker refuses to start on another
 livekit-agents or openai than was measured, and ``workbench report --vs`` flags runs measured on
 different stacks. This module imports neither the replay layer nor the model stack at import time,
@@ -13,7 +13,9 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import re
+import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from workbench.core.io import atomic_write_json
 
 if TYPE_CHECKING:
-    from workbench.config import EndpointConfig, WorkbenchConfig
+    from workbench.core.config import EndpointConfig, WorkbenchConfig
 
 WORKBENCH_DIST = "dianachat-workbench"
 TRACKED_PACKAGES = (
@@ -336,6 +338,43 @@ def check_versions(
     pkgs = list(packages)
     have = {p: lookup(installed, p) for p in pkgs} if installed is not None else {p: installed_version(p) for p in pkgs}
     return VersionCheck({p: lookup(measured, p) for p in pkgs}, have, bool(measured))
+
+
+def environment_info(config: WorkbenchConfig | None = None) -> dict[str, Any]:
+    """Versions, model hashes, machine and git commit for the manifest (never environment variables).
+
+    ``versions`` holds every ``livekit*`` distribution besides the tracked packages, and ``models`` the
+    sha256 of each model file ``config`` points at (only when given the run's config: a guessed config
+    would record hashes of files the run never used). ``workbench promote`` copies both into the promoted
+    file, and the worker checks them (:mod:`workbench.models.versions`).
+    """
+    models = {"models": model_hashes(config)} if config is not None else {}
+    try:
+        repo = Path(__file__).resolve().parents[3]
+        git = ["git", "-C", str(repo)]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+        status = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        commit, dirty = commit or None, bool(status)
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    import psutil
+
+    return {
+        "versions": package_versions(),
+        "workbench_version": workbench_version(),
+        **models,
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "host": platform.node(),
+        },
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
 
 
 __all__ = [

@@ -534,8 +534,9 @@ class EndpointProcess:
         import subprocess
         import sys
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "workbench.testing", *self.args],
-                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workbench.faults", *self.args], stdout=subprocess.PIPE, text=True
+        )
         self.base_url = self.proc.stdout.readline().strip()
         if not self.base_url.startswith("http"):
             self.proc.kill()

@@ -18,25 +18,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # the one gate implementation, shared with `workbench eval` (names re-exported for existing callers)
-from workbench.analysis.gates import GateResult as GateResult
-from workbench.analysis.gates import GateSpec as GateSpec
-from workbench.analysis.gates import GateSpecError as GateSpecError
-from workbench.analysis.gates import check_gate as check_gate
-from workbench.analysis.gates import evaluate_gates as evaluate_gates
-from workbench.analysis.gates import parse_gates as parse_gates
-from workbench.analysis.stats import is_error as _is_error
-from workbench.core.io import atomic_write_text, jsonable
-from workbench.core.run import Run
+from workbench.analysis.gates import GateResult, GateSpecError, evaluate_gates
+from workbench.analysis.stats import is_error
+from workbench.core.io import jsonable
+from workbench.models.versions import WORKBENCH_DIST, lookup
+from workbench.pipeline import DEFAULT_INSTRUCTIONS, SpeechTextConfig
+from workbench.pipeline.promoted import (
+    PROMOTED_PATH,
+    AgentSpec,
+    Promoted,
+    write_promoted,
+)
+from workbench.strategies.registry import with_knowledge
+from workbench.workflows.runs import Run
 
 if TYPE_CHECKING:
     import pandas as pd
-
-PROMOTED_PATH = Path("worker/promoted.yaml")
-"""Default place of the promoted file (relative to the working directory, like ``runs/``)."""
-PROMOTED_FORMAT = 1
 
 
 # -- gates -----------------------------------------------------------------------------------------
@@ -46,79 +45,6 @@ class GateEvaluator(Protocol):
     def __call__(
         self, run_df: pd.DataFrame, manifest: Mapping[str, Any], suite: Mapping[str, Any]
     ) -> list[GateResult]: ...
-
-
-# -- the promoted file ----------------------------------------------------------------------------
-class AgentSpec(BaseModel):
-    """How the worker builds its agent: the run's instructions and the text clean-up before TTS."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    instructions: str | None = None  # None: workbench.pipeline.DEFAULT_INSTRUCTIONS
-    speech_text: dict[str, Any] | None = None  # SpeechTextConfig fields; None: its defaults
-    greeting: str | None = None  # spoken when a caller joins (not part of any measured turn)
-
-
-class Promoted(BaseModel):
-    """``worker/promoted.yaml``: what the production worker serves, and the evidence for it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format: int = PROMOTED_FORMAT
-    strategy: dict[str, Any]  # workbench.strategies.build(...) input: kind, name, options
-    agent: AgentSpec = Field(default_factory=AgentSpec)
-    config: dict[str, Any] | None = None  # the run's workbench config (endpoints, models); key names only
-    # what the run was measured with: {workbench, packages: {name: version}, models: {role: {file, sha256}}};
-    # the worker refuses another livekit-agents or openai. None: an older file (see measured_packages)
-    measured_with: dict[str, Any] | None = None
-    evidence: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _has_kind(self) -> Promoted:
-        if not self.strategy.get("kind"):
-            raise ValueError("strategy needs a 'kind'")
-        return self
-
-    @property
-    def strategy_name(self) -> str:
-        return str(self.strategy.get("name") or self.strategy["kind"])
-
-    def measured_packages(self) -> dict[str, Any] | None:
-        """Package versions the strategy was measured with; a file older than ``measured_with`` falls back to
-        ``evidence.versions`` (the run's versions, copied since the first format); ``None`` if neither has any."""
-        packages = (self.measured_with or {}).get("packages") or self.evidence.get("versions")
-        return dict(packages) if isinstance(packages, Mapping) and packages else None
-
-    def measured_models(self) -> dict[str, Any] | None:
-        """Model file hashes the strategy was measured with (``None``: not recorded)."""
-        models = (self.measured_with or {}).get("models")
-        return dict(models) if isinstance(models, Mapping) and models else None
-
-
-class PromotedFileError(ValueError):
-    """The promoted file is missing or unusable; the message says what to do."""
-
-
-def load_promoted(path: str | Path = PROMOTED_PATH) -> Promoted:
-    p = Path(path)
-    if not p.exists():
-        raise PromotedFileError(
-            f"no promoted strategy at {p}: run `workbench promote RUN --strategy NAME` first "
-            "(or point WORKBENCH_PROMOTED at a promoted file)"
-        )
-    try:
-        data = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise PromotedFileError(f"{p}: cannot read: {e}") from e
-    if not isinstance(data, dict):
-        raise PromotedFileError(f"{p}: expected a mapping with 'strategy', got {type(data).__name__}")
-    if data.get("format", PROMOTED_FORMAT) != PROMOTED_FORMAT:
-        raise PromotedFileError(f"{p}: format {data.get('format')} is not supported (expected {PROMOTED_FORMAT})")
-    try:
-        return Promoted.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise PromotedFileError(f"{p}: {'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from e
 
 
 # -- promote --------------------------------------------------------------------------------------
@@ -152,7 +78,7 @@ def strategy_metrics(df: pd.DataFrame, strategy: str) -> dict[str, Any]:
         "conversations": int(rows["conversation_id"].nunique()) if "conversation_id" in rows else 0,
         "repetitions": int(rows["repetition"].nunique()) if "repetition" in rows else 0,
         "modes": sorted(str(m) for m in rows["mode"].dropna().unique()) if "mode" in rows else [],
-        "error_rate": round(float(_is_error(rows).mean()), 4) if len(rows) else None,
+        "error_rate": round(float(is_error(rows).mean()), 4) if len(rows) else None,
     }
     for col in rows.columns:
         if col in _SKIP_NUMERIC or col == "error_rate":
@@ -183,8 +109,13 @@ def _git_head() -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parents[1],
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -192,7 +123,6 @@ def _git_head() -> str | None:
 
 def measured_with_from_manifest(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
     """The run's stack as recorded in its manifest (never this machine's: what was measured is what ships)."""
-    from workbench.versions import WORKBENCH_DIST, lookup
 
     versions, models = manifest.get("versions"), manifest.get("models")
     if not versions and not models:
@@ -205,7 +135,6 @@ def measured_with_from_manifest(manifest: Mapping[str, Any]) -> dict[str, Any] |
 
 
 def _default_agent_spec(suite: Mapping[str, Any]) -> AgentSpec:
-    from workbench.pipeline import DEFAULT_INSTRUCTIONS, SpeechTextConfig
 
     speech = suite.get("speech_text")
     return AgentSpec(
@@ -273,8 +202,6 @@ def promote(
     cfg = dict(configured[strategy]) if isinstance(configured[strategy], dict) else {"kind": configured[strategy]}
     cfg.setdefault("name", strategy)
     if dataset:
-        from workbench.replay.runner import with_knowledge  # the runner's own rule, so the worker retrieves the same
-
         cfg = with_knowledge(cfg, _portable(Path(dataset) / "knowledge"))
     stamp = (now or datetime.now(UTC)).isoformat()
     evidence = {
@@ -311,17 +238,3 @@ def promote(
     path = Path(out)
     write_promoted(promoted, path)
     return PromoteResult(path, promoted, gates, problems, forced=evidence["forced"])
-
-
-def write_promoted(promoted: Promoted, path: Path) -> None:
-    """Atomic write (a crash leaves the old file or the new one), with a header saying what it is."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ev = promoted.evidence
-    header = (
-        "# Promoted by `workbench promote`; served by `python -m workbench.worker start`.\n"
-        f"# strategy {promoted.strategy_name!r} from run {ev.get('run_id')}"
-        + (" -- FORCED despite failing or missing evidence (see evidence.problems)" if ev.get("forced") else "")
-        + "\n"
-    )
-    body = yaml.safe_dump(promoted.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=110)
-    atomic_write_text(path, header + body)

@@ -5,7 +5,7 @@ the journal is compacted into Parquet atomically (:mod:`workbench.core.io`), so 
 any instant leaves either the old or the new Parquet, never half of one. Readers
 merge Parquet and journal and keep the last row per key, so a resumed run has exactly the rows an
 uninterrupted run has. One process writes a run at a time (an OS file lock). The folder's file
-names and the reader (:class:`workbench.core.run.Run`) are in :mod:`workbench.core.run`.
+names and the reader (:class:`workbench.core.run.RunFolder`) are in :mod:`workbench.core.run`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import fcntl
 import json
 import os
 import platform
-import subprocess
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -23,10 +22,10 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.config import WorkbenchConfig
+from workbench.core.config import WorkbenchConfig
 from workbench.core.io import atomic_file, atomic_write_json, jsonable
-from workbench.core.run import JOURNAL_FILE, MANIFEST_FILE, TURNS_FILE, Run
-from workbench.replay.schema import COLUMNS, KEY
+from workbench.core.run import JOURNAL_FILE, MANIFEST_FILE, TURNS_FILE, RunFolder
+from workbench.core.schema import COLUMNS, KEY
 
 RUNS_DIR: Path = WorkbenchConfig.model_fields["runs_dir"].default
 """The configured default as written (relative); entry points resolve theirs with
@@ -43,8 +42,8 @@ def new_run_id(name: str = "run") -> str:
 
 
 def resolve_run(run: str | Path, runs_dir: str | Path | None = None) -> Path:
-    """A run id (under ``runs_dir``) or a path to a run folder: :meth:`workbench.core.run.Run.load`'s folder."""
-    return Run.load(run, runs_dir).path
+    """A run id (under ``runs_dir``) or a path to a run folder: :meth:`workbench.core.run.RunFolder.load`'s folder."""
+    return RunFolder.load(run, runs_dir).path
 
 
 def typed_frame(rows: list[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
@@ -175,44 +174,5 @@ def read_rows(path: Path) -> pd.DataFrame:
 
 
 def load_run(run: str | Path, runs_dir: str | Path | None = None) -> pd.DataFrame:
-    """One row per strategy x conversation x turn x repetition, scores included: ``Run.load(run).rows``."""
-    return Run.load(run, runs_dir).rows
-
-
-def environment_info(config: WorkbenchConfig | None = None) -> dict[str, Any]:
-    """Versions, model hashes, machine and git commit for the manifest (never environment variables).
-
-    ``versions`` holds every ``livekit*`` distribution besides the tracked packages, and ``models`` the
-    sha256 of each model file ``config`` points at (only when given the run's config: a guessed config
-    would record hashes of files the run never used). ``workbench promote`` copies both into the promoted
-    file, and the worker checks them (:mod:`workbench.versions`).
-    """
-    from workbench import versions as stack_versions
-
-    models = {"models": stack_versions.model_hashes(config)} if config is not None else {}
-    try:
-        repo = Path(__file__).resolve().parents[2]
-        git = ["git", "-C", str(repo)]
-        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
-        status = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-        commit, dirty = commit or None, bool(status)
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    import psutil
-
-    return {
-        "versions": stack_versions.package_versions(),
-        "workbench_version": stack_versions.workbench_version(),
-        **models,
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "host": platform.node(),
-        },
-        "git_commit": commit,
-        "git_dirty": dirty,
-    }
+    """One row per strategy x conversation x turn x repetition, scores included: ``RunFolder.load(run).rows``."""
+    return RunFolder.load(run, runs_dir).rows

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.analysis.gates import ERROR_RATE, Gate, GateResult, evaluate_gates, parse_gates
 from workbench.core.io import atomic_write_json
-from workbench.core.run import VERDICT_FILE, Run, resolve_runs_dir
-from workbench.replay.suite import Suite, load_suite
+from workbench.core.run import VERDICT_FILE, resolve_runs_dir
+from workbench.workflows.runs import Run
+from workbench.workflows.suite import FaultSuite, Suite, load_suite
 
 if TYPE_CHECKING:
     from workbench.models import ModelStack
@@ -86,11 +87,7 @@ def scorers_for(columns: set[str], present: Iterable[str]) -> list[str]:
     from workbench.scoring.base import available_scorers
 
     missing = set(columns) - set(present)
-    return [
-        name
-        for name, cls in available_scorers().items()
-        if not cls.needs_judge and missing & set(cls.columns)
-    ]  # fmt: skip
+    return [name for name, cls in available_scorers().items() if not cls.needs_judge and missing & set(cls.columns)]
 
 
 def score_for_gates(run_path: Path, gates: list[Gate], *, stack: ModelStack | None = None) -> list[dict[str, Any]]:
@@ -116,17 +113,23 @@ def _suite(suite: Suite | str | Path) -> tuple[Suite, str | None]:
 
 def _record_in_manifest(run_path: Path, verdict: Verdict) -> None:
     """The manifest says how the run was judged, so ``workbench promote`` re-checks against the same baseline."""
-    from workbench.replay.store import RunLockedError, RunStore
+    from workbench.core.store import RunLockedError, RunStore
 
     try:
         store = RunStore(run_path)
     except RunLockedError:
         return  # someone is writing the run: the verdict file still has everything
     try:
-        store.update_manifest(eval={
-            "baseline_run": verdict.baseline_run, "suite": verdict.suite, "suite_path": verdict.suite_path,
-            "passed": verdict.passed, "counts": verdict.counts(), "at": verdict.created_at,
-        })  # fmt: skip
+        store.update_manifest(
+            eval={
+                "baseline_run": verdict.baseline_run,
+                "suite": verdict.suite,
+                "suite_path": verdict.suite_path,
+                "passed": verdict.passed,
+                "counts": verdict.counts(),
+                "at": verdict.created_at,
+            }
+        )
     finally:
         store.close()
 
@@ -138,7 +141,7 @@ def write_verdict(verdict: Verdict) -> Path:
 
 def known_columns() -> set[str]:
     """Columns a gate may name: the turn table's, every registered scorer's, and ``error_rate``."""
-    from workbench.replay.schema import COLUMNS
+    from workbench.core.schema import COLUMNS
     from workbench.scoring.base import available_scorers
 
     return {*COLUMNS, ERROR_RATE, *(c for cls in available_scorers().values() for c in cls.columns)}
@@ -230,18 +233,13 @@ def run_eval(
     One model stack serves the run and the scorers (the embedder loads once); it is closed at the end
     unless the caller passed it in.
     """
-    from workbench.config import load_config
+    from workbench.core.config import load_config
     from workbench.models import ModelStack
-    from workbench.replay import run as replay_run
-    from workbench.replay.faults import is_fault_suite, run_fault_eval
+    from workbench.workflows import run as replay_run
+    from workbench.workflows.faults import run_faults  # it imports this module (evaluate_run)
 
     runs_dir = resolve_runs_dir(runs_dir)
-    if run is None and not isinstance(suite, Suite) and is_fault_suite(suite):  # scripted endpoint, fake speech
-        return run_fault_eval(suite, baseline=baseline, run_id=run_id, runs_dir=runs_dir)
-    if run is not None and not isinstance(suite, Suite) and is_fault_suite(suite):  # the replay suite it ran
-        suite_obj, suite_path = Suite.model_validate(Run.load(run, runs_dir).manifest["suite"]), str(suite)
-    else:
-        suite_obj, suite_path = _suite(suite)
+    suite_obj, suite_path = _suite(suite)
     if not suite_obj.gates:
         raise EvalError(f"suite {suite_obj.name!r} defines no gates: add a gates: list (see evals/README.md)")
     if baseline is not None:
@@ -249,6 +247,12 @@ def run_eval(
             Run.load(baseline, runs_dir)  # fail before spending minutes on the run
         except FileNotFoundError as e:
             raise EvalError(f"baseline: {e}") from e
+    if run is None and isinstance(suite_obj, FaultSuite):  # its own scripted endpoints and fake speech
+        faults = run_faults(
+            suite_obj, baseline=baseline, run_id=run_id, runs_dir=runs_dir, progress=progress, suite_path=suite_path
+        )
+        assert faults.verdict is not None  # the suite has gates
+        return faults.verdict
     own = stack is None
     stack = stack or ModelStack(load_config(suite_obj.config))
     try:

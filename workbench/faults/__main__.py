@@ -1,6 +1,6 @@
-"""``python -m workbench.testing``: a scripted OpenAI-compatible endpoint in its own process (prints its URL).
+"""``python -m workbench.faults``: a scripted OpenAI-compatible endpoint in its own process (prints its URL).
 
-Used by :class:`~workbench.testing.scripted_endpoint.EndpointProcess` so benchmarks measure against an
+Used by :class:`~workbench.faults.endpoint.EndpointProcess` so benchmarks measure against an
 endpoint that does not share their GIL.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from workbench.testing.scripted_endpoint import Script, ScriptedEndpoint
+from workbench.faults.endpoint import Script, ScriptedEndpoint
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """``workbench run``: every strategy x mode x voice x conversation x repetition, bounded and resumable.
 
-Rows are appended to the run folder the moment each turn finishes (see :mod:`workbench.replay.store`);
+Rows are appended to the run folder the moment each turn finishes (see :mod:`workbench.core.store`);
 ``resume`` skips finished turns and continues a half-finished conversation from its stored history,
 and ``reuse`` hands back the newest complete run of the same suite instead of replaying it.
 """
@@ -21,15 +21,19 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.config import load_config
 from workbench.core.aio import run_sync
-from workbench.core.run import Run, list_runs, resolve_runs_dir
+from workbench.core.config import load_config
+from workbench.core.run import resolve_runs_dir
+from workbench.core.store import RunStore, new_run_id, read_rows
 from workbench.models import ModelStack
-from workbench.replay.store import RunStore, environment_info, new_run_id, read_rows
-from workbench.replay.suite import Selection, Suite, load_suite
+from workbench.models.versions import environment_info
+from workbench.replay.dataset import load_dataset
 from workbench.replay.text import history_from_rows, replay_text
-from workbench.strategies import REGISTRY, Strategy, build
-from workbench.strategies.registry import _load_builtins
+from workbench.replay.voice import has_audio, replay_voice
+from workbench.strategies import Strategy, build
+from workbench.strategies.registry import with_knowledge
+from workbench.workflows.runs import Run, list_runs
+from workbench.workflows.suite import FaultSuite, Selection, Suite, SuiteError, load_suite, suite_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +75,6 @@ def select(conversations: list[Any], sel: Selection | None) -> list[Any]:
         tags = set(sel.tags)
         out = [c for c in out if tags & set(c.tags or [])]
     return out[: sel.limit] if sel.limit else out
-
-
-def with_knowledge(cfg: dict[str, Any], knowledge: Path | str) -> dict[str, Any]:
-    """Point retrieval strategies (and their inner/fallback strategies) at the suite's dataset."""
-    _load_builtins()
-    cfg = dict(cfg)
-    cls = REGISTRY.get(cfg.get("kind", ""))
-    if cls is not None and "knowledge" in cls.Config.model_fields and not cfg.get("knowledge"):  # type: ignore[attr-defined]
-        cfg["knowledge"] = str(knowledge)
-    for nested in ("inner", "fallback"):
-        if isinstance(cfg.get(nested), str):
-            cfg[nested] = with_knowledge({"kind": cfg[nested]}, knowledge)
-        elif isinstance(cfg.get(nested), dict):
-            cfg[nested] = with_knowledge(cfg[nested], knowledge)
-    return cfg
 
 
 def _jobs(suite: Suite, conversations: list[Any], has_audio: Callable[[Any, str], bool]) -> list[Job]:
@@ -186,14 +175,15 @@ async def arun(
     run of exactly this suite, return the newest such run and replay nothing. ``stack``: a model stack to
     share (closed by the caller); by default one is built from the suite's config and closed at the end.
     """
-    from workbench.replay.dataset import load_dataset
 
     runs_dir = resolve_runs_dir(runs_dir)
     if resume is not None:
         path = Run.load(resume, runs_dir).path
         store = RunStore(path)
         manifest = store.read_manifest()
-        suite = Suite.model_validate(manifest["suite"])
+        suite = suite_from_dict(manifest["suite"])
+        if isinstance(suite, FaultSuite):  # its endpoints are scripted per run: replaying it here would not inject
+            raise SuiteError(f"run {path.name} is a fault run: run `workbench faults` on its suite again instead")
         run_id = manifest["run_id"]
     else:
         suite = suite if isinstance(suite, Suite) else load_suite(suite)
@@ -230,8 +220,6 @@ async def arun(
     for r in existing.to_dict("records"):
         job_key = (r["strategy"], r["mode"], r["voice"], r["conversation_id"], r["repetition"])
         done_rows.setdefault(job_key, []).append(r)
-
-    from workbench.replay.voice import has_audio, replay_voice
 
     jobs = _jobs(suite, dataset.conversations, has_audio)
     total = sum(len(j.conversation.turns) for j in jobs)

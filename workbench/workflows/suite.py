@@ -1,6 +1,7 @@
 """A suite: which dataset, which strategies, which mode, how many repetitions, how concurrently.
 
-Written as YAML (``evals/*.yaml``, ``workbench run SUITE.yaml``) or built in Python.
+Written as YAML (``evals/*.yaml``, ``workbench run SUITE.yaml``) or built in Python. A fault suite
+(``kind: faults``) is a :class:`Suite` too, with the fields that say which faults to inject.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from workbench.analysis.gates import parse_gates
+from workbench.scoring.faults import ALL_FAULTS
 
 
 class Selection(BaseModel):
@@ -54,8 +58,6 @@ class Suite(BaseModel):
     @field_validator("gates")
     @classmethod
     def _valid_gates(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from workbench.analysis.gates import parse_gates
-
         parse_gates(v)  # a bad gate fails when the suite loads, naming it; the dicts stay as written
         return v
 
@@ -85,8 +87,61 @@ class Suite(BaseModel):
         return ["text", "voice"] if self.mode == "both" else [self.mode]
 
 
+class FaultTiming(BaseModel):
+    """How the scripted endpoints answer (seconds). Small numbers: the whole suite runs in seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttft_s: float = Field(0.05, ge=0)  # primary endpoint: request to first token (and to an error status)
+    gap_s: float = Field(0.01, ge=0)  # between tokens
+    after: int = Field(2, ge=0)  # cut / malformed: tokens sent before the fault
+    retry_after_s: float = Field(1.0, ge=0)  # http_429's Retry-After header
+    trickle_gap_s: float = Field(1.5, gt=0)  # trickle: between tokens (longer than the chunk timeout)
+    backup_ttft_s: float = Field(0.05, ge=0)  # the healthy backup endpoint
+
+
+class FaultSuite(Suite):
+    """``kind: faults`` (``evals/faults.yaml``): each fault in ``faults`` x each strategy, run by
+    :mod:`workbench.workflows.faults` against a scripted endpoint instead of a real model.
+
+    Each run writes its own dataset (one conversation per fault) into the run folder and sets ``dataset``
+    to it; ``mode`` and ``voice`` follow from ``voice_faults`` unless the suite sets them.
+    """
+
+    kind: Literal["faults"] = "faults"
+    name: str = "faults"
+    faults: list[str] = Field(default_factory=lambda: list(ALL_FAULTS))
+    voice_faults: list[str] = Field(default_factory=lambda: ["stt_error", "tts_error", "http_500", "cut"])
+    timing: FaultTiming = Field(default_factory=FaultTiming)
+    concurrency: int | None = Field(8, ge=1)  # text sessions at once
+    voice_concurrency: int = Field(4, ge=1)  # real-time voice sessions at once (light fake components)
+    turn_timeout_s: float = Field(10.0, gt=0)  # a harness bound far above every strategy timeout
+    slack_s: float = Field(0.5, ge=0)  # recovery allowance on top of a strategy's own timeouts
+
+    @field_validator("faults", "voice_faults")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [f for f in v if f not in ALL_FAULTS]
+        if unknown:
+            raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(ALL_FAULTS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _voice_subset(self) -> FaultSuite:
+        extra = [f for f in self.voice_faults if f not in self.faults]
+        if extra:
+            raise ValueError(f"voice_faults {', '.join(extra)} are not in faults")
+        return self
+
+
 class SuiteError(ValueError):
     """A suite file that cannot be read as YAML (field errors are pydantic ``ValidationError``s)."""
+
+
+def suite_from_dict(data: Any) -> Suite:
+    """A :class:`Suite`, or a :class:`FaultSuite` for ``kind: faults``, from a mapping (YAML, a manifest)."""
+    cls = FaultSuite if isinstance(data, dict) and data.get("kind") == "faults" else Suite
+    return cls.model_validate(data)
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -96,7 +151,7 @@ def load_suite(path: str | Path) -> Suite:
         data = yaml.safe_load(p.read_text()) or {}
     except (UnicodeDecodeError, yaml.YAMLError) as e:
         raise SuiteError(f"{p}: not a YAML suite: {e}") from e
-    suite = Suite.model_validate(data)
+    suite = suite_from_dict(data)
     for attr in ("dataset", "config"):
         val = getattr(suite, attr)
         if val is not None and not val.is_absolute() and not val.exists() and (p.parent / val).exists():

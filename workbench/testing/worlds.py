@@ -1,0 +1,99 @@
+"""Tiny datasets and model stacks that tests and benchmarks build their runs on.
+
+Text worlds answer through a :class:`ScriptedEndpoint`; the voice world pairs it with the speech components
+of known delays, so measured latencies can be checked against the sum of those delays.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from workbench.core.config import EndpointConfig, TurnConfig, WorkbenchConfig
+from workbench.faults.endpoint import EndpointProcess, ScriptedEndpoint
+from workbench.faults.speech import EnergyVAD, FixedDelaySTT, FixedDelayTTS
+from workbench.models import ModelStack
+
+# the voice world's audio (seconds of silence, tone, silence) and its components' delays
+LEAD, SPEECH, TAIL = 0.3, 1.0, 1.2
+VAD_SILENCE, STT_DELAY, LLM_TTFT, TTS_TTFB, ENDPOINTING = 0.3, 0.1, 0.15, 0.08, 0.2
+
+
+def make_dataset(root: Path, conversations: int = 3, turns: int = 2, extra_lines: list[str] | None = None) -> Path:
+    """A text dataset: ``conversations`` of ``turns`` questions ``"question c.t"``, one knowledge file, and
+    ``extra_lines`` appended verbatim (to test malformed lines)."""
+    (root / "knowledge").mkdir(parents=True)
+    (root / "knowledge" / "hours.md").write_text("# Hours\n\nWe are open 8 am to 6 pm on weekdays.\n")
+    lines = []
+    for c in range(conversations):
+        conv = {
+            "id": f"c{c}",
+            "tags": ["t"],
+            "turns": [
+                {
+                    "user": f"question {c}.{t}",
+                    "reference": f"answer {c}.{t}",
+                    "contexts": ["knowledge/hours.md"],
+                    "facts": ["8 am"],
+                }
+                for t in range(turns)
+            ],
+        }
+        lines.append(json.dumps(conv))
+    lines += extra_lines or []
+    (root / "conversations.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def scripted_stack(ep: ScriptedEndpoint, tmp_path: Path) -> ModelStack:
+    """A model stack whose LLM is ``ep``, with its state under ``tmp_path / "state"``."""
+    llm = EndpointConfig(kind="openai", base_url=ep.base_url, model="scripted-model")
+    return ModelStack(WorkbenchConfig(llm=llm, state_dir=tmp_path / "state"))
+
+
+def voice_dataset(root: Path, turns: int = 2, broken: dict[int, bytes] | None = None) -> Path:
+    """One voice conversation (variant ``piper``): each turn a 220 Hz tone between silences, so the end of
+    speech is known exactly; ``broken`` replaces the audio of the given turns with these bytes."""
+    (root / "knowledge").mkdir(parents=True)
+    (root / "knowledge" / "a.md").write_text("Open 8 am to 6 pm.\n")
+    (root / "audio").mkdir()
+    rate = 16000
+    t = np.arange(int(SPEECH * rate)) / rate
+    speech = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    pcm = np.concatenate([np.zeros(int(LEAD * rate)), speech, np.zeros(int(TAIL * rate))]).astype(np.float32)
+    conv_turns = []
+    for i in range(turns):
+        rel = f"audio/c0_{i}.wav"
+        if broken and i in broken:
+            (root / rel).write_bytes(broken[i])
+        else:
+            sf.write(root / rel, pcm, rate, subtype="PCM_16")
+        conv_turns.append(
+            {
+                "user": f"question {i}",
+                "reference": "r",
+                "contexts": [],
+                "facts": [],
+                "audio": {"piper": rel},
+                "audio_meta": {"piper": {"speech_start_s": LEAD, "speech_end_s": LEAD + SPEECH}},
+            }
+        )
+    (root / "conversations.jsonl").write_text(json.dumps({"id": "c0", "tags": [], "turns": conv_turns}) + "\n")
+    return root
+
+
+def fake_speech_stack(ep: ScriptedEndpoint | EndpointProcess, tmp_path: Path, stt: FixedDelaySTT) -> ModelStack:
+    """A model stack for the voice world: LLM ``ep``, the energy VAD, ``stt`` and a TTS of known first-audio delay."""
+    cfg = WorkbenchConfig(
+        llm=EndpointConfig(kind="openai", base_url=ep.base_url, model="m"),
+        turn=TurnConfig(mode="vad", min_endpointing_delay=ENDPOINTING, max_endpointing_delay=1.0),
+        state_dir=tmp_path / "state",
+    )
+    stack = ModelStack(cfg)
+    stack.vad = lambda: EnergyVAD(silence_s=VAD_SILENCE)  # type: ignore[method-assign]
+    stack.stt = lambda: stt  # type: ignore[method-assign]
+    stack.tts = lambda kind=None: FixedDelayTTS(ttfb_s=TTS_TTFB)  # type: ignore[method-assign]
+    return stack

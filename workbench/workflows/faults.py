@@ -1,0 +1,301 @@
+"""Fault runs: every endpoint and speech fault of a fault suite, for every strategy, replayed as an ordinary run.
+
+A fault suite (:class:`~workbench.workflows.suite.FaultSuite`, ``kind: faults``, ``evals/faults.yaml``)
+names faults and strategies. For each fault a run writes a three-turn conversation whose middle turn
+carries the fault (a marker such as ``fault-http-500`` in the caller's words), serves the strategies from
+a scripted OpenAI-compatible endpoint that injects the fault named by that marker (a second, healthy
+endpoint ``backup`` serves fallbacks), and replays everything through the normal runner: text mode for
+all faults, real-time voice mode with light fake speech components (whose STT and TTS fail on the
+marker) for the voice faults. The run folder is an ordinary run, scored by the ``faults`` scorer
+(``fault``, ``fault_ok``: :mod:`workbench.scoring.faults`) and judged by the suite's gates.
+
+:func:`arun_faults` is the one way a fault run happens: ``workbench faults``, ``workbench eval`` on a fault
+suite and ``pytest evals/`` all call it. :func:`fault_table` turns the rows into the fault x strategy x
+mode table: the error kind recorded, the fallback used, when the caller heard the turn recover, and
+whether the next turn went on.
+
+Why scripted: real faults are rare and unrepeatable; scripted ones fire on the exact turn, every time,
+in seconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from workbench.analysis.gates import GateResult
+from workbench.core.aio import run_sync
+from workbench.core.config import EndpointConfig, TurnConfig, WorkbenchConfig
+from workbench.core.run import resolve_runs_dir
+from workbench.core.store import new_run_id
+from workbench.faults.endpoint import Script, ScriptedEndpoint, last_user_text
+from workbench.faults.speech import EnergyVAD, FailingSTT, FailingTTS, tone
+from workbench.models import ModelStack
+from workbench.scoring.faults import (
+    ALL_FAULTS,
+    ENDPOINT_FAULTS,
+    EXPECTED_KIND,
+    FAULT_TURN,
+    PARTIAL_FAULTS,
+    SPEECH_FAULTS,
+    USER_TURNS,
+    FaultScorer,
+    fault_in,
+    fault_verdicts,
+    marker,
+    write_answer_key,
+)
+from workbench.strategies.base import StrategyOptions
+from workbench.workflows.eval import Verdict, evaluate_run
+from workbench.workflows.runner import arun
+from workbench.workflows.runs import Run
+from workbench.workflows.suite import FaultSuite, FaultTiming, Selection, VoiceOptions, load_suite
+
+VARIANT = "tone"  # the recording variant name of the generated audio
+RATE = 16000
+BACKUP_TEXT = "This is the backup line, how can I help?"
+
+
+# -- the scripted world ------------------------------------------------------------------------------
+def endpoint_script(timing: FaultTiming) -> Callable[[dict[str, Any]], Script]:
+    """The primary endpoint's behaviour: the fault named in the caller's last turn, else a healthy echo."""
+
+    def script(request: dict[str, Any]) -> Script:
+        fault = fault_in(last_user_text(request))
+        if fault not in ENDPOINT_FAULTS:
+            return Script(ttft_s=timing.ttft_s, gap_s=timing.gap_s)
+        return Script(
+            ttft_s=timing.ttft_s,
+            gap_s=timing.gap_s,
+            fault=fault,  # type: ignore[arg-type]
+            after=timing.after,
+            retry_after_s=timing.retry_after_s,
+            trickle_gap_s=timing.trickle_gap_s,
+        )
+
+    return script
+
+
+@dataclass
+class FaultDataset:
+    root: Path
+    tones: dict[float, str]  # recording frequency -> the words it carries (for ToneSTT)
+
+
+def write_fault_dataset(
+    root: Path, suite: FaultSuite, *, lead_s: float = 0.1, speech_s: float = 0.5, tail_s: float = 0.3
+) -> FaultDataset:
+    """One conversation per fault (its middle turn carries it) and the answer key with each strategy's recovery budget;
+    voice faults get tone recordings with a known end of speech."""
+    (root / "knowledge").mkdir(parents=True, exist_ok=True)
+    (root / "knowledge" / "hours.md").write_text("# Hours\n\nWe are open 8 am to 6 pm, Monday to Friday.\n")
+    (root / "audio").mkdir(exist_ok=True)
+    tones: dict[float, str] = {}
+    lines = []
+    for fault in suite.faults:
+        voice = fault in suite.voice_faults
+        turns = []
+        for t, template in enumerate(USER_TURNS):
+            user = template.format(marker=marker(fault))
+            turn: dict[str, Any] = {"user": user, "reference": "", "contexts": [], "facts": []}
+            if voice:
+                freq = 300.0 + 40.0 * len(tones)
+                tones[freq] = user
+                rel = f"audio/{fault}_{t}.wav"
+                pcm = np.concatenate(
+                    [np.zeros(int(lead_s * RATE)), tone(freq, speech_s, RATE), np.zeros(int(tail_s * RATE))]
+                ).astype(np.float32)
+                sf.write(root / rel, pcm, RATE, subtype="PCM_16")
+                turn["audio"] = {VARIANT: rel}
+                turn["audio_meta"] = {VARIANT: {"speech_start_s": lead_s, "speech_end_s": lead_s + speech_s}}
+            turns.append(turn)
+        tags = ["faults", f"fault:{fault}"] + (["voice"] if voice else [])
+        lines.append(json.dumps({"id": f"fault-{fault}", "tags": tags, "turns": turns}))
+    (root / "conversations.jsonl").write_text("\n".join(lines) + "\n")
+    write_answer_key(root, budgets({n: suite.strategy_config(n) for n in suite.strategies}, suite.slack_s))
+    return FaultDataset(root, tones)
+
+
+class FaultStack(ModelStack):
+    """The model stack of a fault run: scripted endpoints, and light fake speech components (new ones per
+    session) whose STT fails on turns that say ``fault-stt-error`` and whose TTS fails on answers that do."""
+
+    def __init__(
+        self,
+        config: WorkbenchConfig,
+        tones: Mapping[float, str],
+        *,
+        stt_delay_s: float = 0.05,
+        tts_ttfb_s: float = 0.05,
+        vad_silence_s: float = 0.2,
+    ) -> None:
+        super().__init__(config)
+        self.tones = dict(tones)
+        self.stt_delay_s, self.tts_ttfb_s, self.vad_silence_s = stt_delay_s, tts_ttfb_s, vad_silence_s
+
+    def stt(self) -> Any:
+        stt_marker = marker("stt_error")
+        return FailingSTT(self.stt_delay_s, tones=self.tones, fail_if=lambda text: stt_marker in text)
+
+    def tts(self, kind: str | None = None) -> Any:
+        tts_marker = marker("tts_error")
+        return FailingTTS(self.tts_ttfb_s, fail_if=lambda text: tts_marker in text)
+
+    def vad(self) -> Any:
+        return EnergyVAD(silence_s=self.vad_silence_s)
+
+
+def fault_config(primary_url: str, backup_url: str, state_dir: Path) -> WorkbenchConfig:
+    """Endpoints ``default`` (faulty) and ``backup`` (healthy); VAD end of turn with a short delay."""
+    return WorkbenchConfig(
+        llm=EndpointConfig(kind="openai", base_url=primary_url, model="scripted-primary", timeout_s=10.0),
+        endpoints={"backup": EndpointConfig(kind="openai", base_url=backup_url, model="scripted-backup")},
+        turn=TurnConfig(mode="vad", min_endpointing_delay=0.1, max_endpointing_delay=1.0),
+        state_dir=state_dir,
+    )
+
+
+def budgets(strategies: Mapping[str, str | Mapping[str, Any]], slack_s: float) -> dict[str, float]:
+    """The latest a recovery may be heard, per strategy: the longest it waits before giving up (its first-chunk
+    plus its between-chunk timeout), plus ``slack_s`` for the fallback or apology to start."""
+    out = {}
+    for name, cfg in strategies.items():
+        spec = {"kind": cfg} if isinstance(cfg, str) else cfg
+        opts = StrategyOptions.model_validate({k: v for k, v in spec.items() if k in StrategyOptions.model_fields})
+        out[name] = opts.first_chunk_timeout_s + opts.chunk_timeout_s + slack_s
+    return out
+
+
+def run_suite(suite: FaultSuite, dataset: Path) -> FaultSuite:
+    """The suite as the runner replays it: the generated dataset, and voice mode for ``voice_faults``."""
+    update: dict[str, Any] = {"dataset": dataset}
+    if "mode" not in suite.model_fields_set:
+        update["mode"] = "both" if suite.voice_faults else "text"
+    if "voice" not in suite.model_fields_set:
+        update["voice"] = VoiceOptions(
+            variants=[VARIANT],
+            concurrency=suite.voice_concurrency,
+            conversations=Selection(tags=["voice"]),
+            turn_timeout_s=suite.turn_timeout_s,
+        )
+    return suite.model_copy(update=update)
+
+
+# -- running ------------------------------------------------------------------------------------------
+@dataclass
+class FaultRun:
+    run_id: str
+    path: Path
+    table: pd.DataFrame  # fault_table() of the run
+    verdict: Verdict | None  # the suite's gates (None: it has none); also in the run's verdict.json
+
+    @property
+    def gates(self) -> list[GateResult]:
+        return self.verdict.results if self.verdict is not None else []
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.table["passed"].all()) and not any(g.failed for g in self.gates)
+
+
+def _fault_suite(suite: FaultSuite | str | Path | None) -> FaultSuite:
+    spec = FaultSuite() if suite is None else suite if isinstance(suite, FaultSuite) else load_suite(suite)
+    if not isinstance(spec, FaultSuite):
+        raise ValueError(f"{suite}: not a fault suite (it needs kind: faults)")
+    return spec
+
+
+async def arun_faults(
+    suite: FaultSuite | str | Path | None = None,
+    *,
+    baseline: str | Path | None = None,
+    run_id: str | None = None,
+    runs_dir: str | Path | None = None,
+    progress: bool = False,
+    suite_path: str | None = None,
+) -> FaultRun:
+    """Run a fault suite (default: every fault, strategy ``plain``), score ``fault_ok``, check the gates.
+
+    The scripted endpoints run in their own threads. ``baseline``: a run for the regression gates, as in
+    ``workbench eval``. The run goes to ``runs_dir`` (see :func:`~workbench.core.run.resolve_runs_dir`).
+    """
+    spec = _fault_suite(suite)
+    if suite_path is None and isinstance(suite, str | Path):
+        suite_path = str(suite)
+    runs_dir = resolve_runs_dir(runs_dir)
+    run_id = run_id or new_run_id(spec.name)
+    path = runs_dir / run_id
+    data = write_fault_dataset(path / "dataset", spec)
+    if spec.voice_faults:  # imports the voice path makes on first use, done now rather than inside a timed turn
+        for module in ("workbench.models.speech", "workbench.replay.audio"):
+            importlib.import_module(module)
+    with (
+        ScriptedEndpoint(endpoint_script(spec.timing), model="scripted-primary") as primary,
+        ScriptedEndpoint(Script(text=BACKUP_TEXT, ttft_s=spec.timing.backup_ttft_s), model="scripted-backup") as backup,
+    ):
+        stack = FaultStack(fault_config(primary.base_url, backup.base_url, path / "state"), data.tones)
+        try:
+            await arun(run_suite(spec, data.root), run_id=run_id, runs_dir=runs_dir, stack=stack, progress=progress)
+            run = Run(path).score([FaultScorer.name], stack=stack)  # loads nothing: rows and the answer key
+        finally:
+            stack.close()
+    verdict = None
+    if spec.gates:
+        verdict = evaluate_run(path, spec, baseline=baseline, runs_dir=runs_dir, suite_path=suite_path)
+    table = fault_table(run.rows, {n: spec.strategy_config(n) for n in spec.strategies}, spec.slack_s)
+    return FaultRun(run.run_id, path, table, verdict)
+
+
+def run_faults(suite: FaultSuite | str | Path | None = None, **kwargs: Any) -> FaultRun:
+    """:func:`arun_faults` from sync code, also inside a running event loop (Jupyter)."""
+    return run_sync(lambda: arun_faults(suite, **kwargs), name="workbench-faults")
+
+
+# -- the table ----------------------------------------------------------------------------------------
+def fault_table(
+    df: pd.DataFrame, strategies: Mapping[str, str | Mapping[str, Any]] | None = None, slack_s: float = 0.5
+) -> pd.DataFrame:
+    """Fault x strategy x mode: what the turn recorded and whether the fault was handled.
+
+    ``df`` is a run's turn table (``Run.load(id).rows``); fault conversations are found by their
+    ``fault:NAME`` tag, other rows are ignored, so this works on any run that contains them. Columns:
+    ``error_kind`` and ``fallback`` recorded at the fault turn, ``outcome`` in words, ``heard_s`` (what
+    the caller waited for the first words: ``llm_ttfc_s`` in text, ``v2v_s`` in voice), ``recovery_s``
+    (request to the first words of the fallback or apology), ``budget_s`` (the strategy's first-chunk +
+    between-chunk timeouts + ``slack_s``, from ``strategies``: a suite's strategy configs, e.g. a
+    manifest's ``suite.strategies``; without it no time budget is checked), ``next_turn_ok``, ``passed``
+    and ``problems``. Speech faults in text mode are controls: the session never meets them.
+    """
+    return fault_verdicts(df, budgets(strategies, slack_s) if strategies else None)
+
+
+__all__ = [
+    "ALL_FAULTS",
+    "BACKUP_TEXT",
+    "ENDPOINT_FAULTS",
+    "EXPECTED_KIND",
+    "FAULT_TURN",
+    "PARTIAL_FAULTS",
+    "SPEECH_FAULTS",
+    "FaultRun",
+    "FaultStack",
+    "FaultSuite",
+    "FaultTiming",
+    "arun_faults",
+    "budgets",
+    "endpoint_script",
+    "fault_config",
+    "fault_in",
+    "fault_table",
+    "marker",
+    "run_faults",
+    "write_fault_dataset",
+]
