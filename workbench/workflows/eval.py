@@ -16,8 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.analysis.gates import ERROR_RATE, Gate, GateResult, evaluate_gates, parse_gates
+from workbench.core.config import load_config
 from workbench.core.io import atomic_write_json
 from workbench.core.run import VERDICT_FILE, resolve_runs_dir
+from workbench.core.schema import COLUMNS
+from workbench.core.store import RunLockedError, RunStore
+from workbench.models import ModelStack
+from workbench.scoring.base import available_scorers
+from workbench.scoring.persist import load_scored, score_run_folder
+from workbench.workflows.runner import run as replay_run
 from workbench.workflows.runs import Run
 from workbench.workflows.suite import FaultSuite, Suite, load_suite
 
@@ -84,7 +91,6 @@ def gate_columns(gates: Iterable[Gate]) -> set[str]:
 
 def scorers_for(columns: set[str], present: Iterable[str]) -> list[str]:
     """Offline scorers that produce a gate column the run does not already have."""
-    from workbench.scoring.base import available_scorers
 
     missing = set(columns) - set(present)
     return [name for name, cls in available_scorers().items() if not cls.needs_judge and missing & set(cls.columns)]
@@ -92,7 +98,6 @@ def scorers_for(columns: set[str], present: Iterable[str]) -> list[str]:
 
 def score_for_gates(run_path: Path, gates: list[Gate], *, stack: ModelStack | None = None) -> list[dict[str, Any]]:
     """Score ``run_path`` with the offline scorers its gates need (stored in scores.parquet); their outcomes."""
-    from workbench.scoring.persist import load_scored, score_run_folder
 
     scored = load_scored(run_path)
     if scored.df.empty:
@@ -113,7 +118,6 @@ def _suite(suite: Suite | str | Path) -> tuple[Suite, str | None]:
 
 def _record_in_manifest(run_path: Path, verdict: Verdict) -> None:
     """The manifest says how the run was judged, so ``workbench promote`` re-checks against the same baseline."""
-    from workbench.core.store import RunLockedError, RunStore
 
     try:
         store = RunStore(run_path)
@@ -141,8 +145,6 @@ def write_verdict(verdict: Verdict) -> Path:
 
 def known_columns() -> set[str]:
     """Columns a gate may name: the turn table's, every registered scorer's, and ``error_rate``."""
-    from workbench.core.schema import COLUMNS
-    from workbench.scoring.base import available_scorers
 
     return {*COLUMNS, ERROR_RATE, *(c for cls in available_scorers().values() for c in cls.columns)}
 
@@ -159,7 +161,6 @@ def evaluate_run(
     suite_path: str | None = None,
 ) -> Verdict:
     """Score an existing run for ``suite``'s gates and check them (and the regression vs ``baseline``)."""
-    from workbench.scoring.persist import load_scored
 
     suite_obj, path_of_suite = _suite(suite)
     suite_path = suite_path or path_of_suite
@@ -233,9 +234,6 @@ def run_eval(
     One model stack serves the run and the scorers (the embedder loads once); it is closed at the end
     unless the caller passed it in.
     """
-    from workbench.core.config import load_config
-    from workbench.models import ModelStack
-    from workbench.workflows import run as replay_run
     from workbench.workflows.faults import run_faults  # it imports this module (evaluate_run)
 
     runs_dir = resolve_runs_dir(runs_dir)
