@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from workbench.replay.audio import AudioLoadError, load_audio, mp3_supported, probe_audio, to_frames
+from workbench.replay.audio import AudioLoadError, load_audio, mp3_supported, probe_audio, to_frames, verify_audio
 
 
 def tone(freq: float, seconds: float, rate: int, amp: float = 0.5) -> np.ndarray:
@@ -105,12 +105,59 @@ def test_bad_files_are_audio_load_errors(tmp_path: Path, content: bytes, reason:
     assert e.value.path == str(f)
 
 
-def test_huge_declared_data_size_decodes_only_what_is_there(tmp_path: Path) -> None:
+def test_huge_declared_data_size_is_refused_as_truncated_before_decoding(tmp_path: Path) -> None:
     data = (tone(440, 0.25, 16000) * 32767).astype("<i2").tobytes()
     f = tmp_path / "liar.wav"
     f.write_bytes(wav_header(16000, 1, data_size=0xFFFFFFF0) + data)
-    a = load_audio(f)
-    assert len(a.samples) == 4000 and a.source.frames == 4000
+    with pytest.raises(AudioLoadError, match="truncated: the header declares 4294967280 bytes of audio data, the"):
+        load_audio(f)
+
+
+def cut(f: Path, keep: float) -> None:
+    data = f.read_bytes()
+    f.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype"), [("WAV", "PCM_16"), ("WAV", "FLOAT"), ("AIFF", "PCM_16"), ("W64", "PCM_16"), ("RF64", "PCM_24")]
+)
+def test_truncated_files_are_refused_not_shortened(tmp_path: Path, fmt: str, subtype: str) -> None:
+    """libsndfile would decode the part that is there as shorter audio; the header says more is missing."""
+    f = tmp_path / f"cut.{fmt.lower()}"
+    sf.write(f, tone(440, 1.0, 16000), 16000, format=fmt, subtype=subtype)
+    assert len(load_audio(f).samples) == 16000
+    cut(f, 0.6)
+    assert 0 < sf.info(str(f)).frames < 16000  # what a silent loader would have returned
+    for check in (probe_audio, verify_audio, load_audio):
+        with pytest.raises(
+            AudioLoadError, match=r"truncated: the header declares \d+ bytes of audio data, the file holds \d+"
+        ) as e:
+            check(f)
+        assert e.value.path == str(f)
+
+
+def test_a_truncated_wav_missing_one_byte_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "cut.wav"
+    sf.write(f, tone(440, 0.5, 16000), 16000, subtype="PCM_16")
+    f.write_bytes(f.read_bytes()[:-1])
+    with pytest.raises(AudioLoadError, match="declares 16000 bytes of audio data, the file holds 15999"):
+        load_audio(f)
+
+
+def test_trailing_chunks_after_the_data_are_not_truncation(tmp_path: Path) -> None:
+    data = (tone(440, 0.25, 16000) * 32767).astype("<i2").tobytes()
+    f = tmp_path / "list.wav"
+    f.write_bytes(wav_header(16000, 1, n=4000) + data + b"LIST" + (4).to_bytes(4, "little") + b"INFO")
+    assert len(load_audio(f).samples) == 4000 and verify_audio(f).frames == 4000
+
+
+@pytest.mark.skipif(not mp3_supported(), reason="libsndfile without MP3")
+def test_a_cut_mp3_is_refused_by_decoding(tmp_path: Path) -> None:
+    f = tmp_path / "cut.mp3"
+    sf.write(f, tone(440, 2.0, 44100), 44100, format="MP3")
+    cut(f, 0.5)
+    with pytest.raises(AudioLoadError, match=r"truncated: the header declares \d+ frames, only \d+ could be decoded"):
+        load_audio(f)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -119,8 +166,10 @@ def test_non_finite_samples_are_refused(tmp_path: Path, bad: float) -> None:
     x[8000] = bad
     f = tmp_path / "nan.wav"
     sf.write(f, x, 16000, subtype="FLOAT")
-    with pytest.raises(AudioLoadError, match=r"NaN or infinite samples \(first at 0.500 s\)"):
-        load_audio(f)
+    for check in (verify_audio, load_audio):
+        with pytest.raises(AudioLoadError, match=r"NaN or infinite samples \(first at 0.500 s\)"):
+            check(f)
+    probe_audio(f)  # the header alone cannot tell: only decoding finds them
 
 
 def test_missing_file_directory_and_limits(tmp_path: Path) -> None:
@@ -150,3 +199,10 @@ def test_to_frames_gives_10ms_int16_frames() -> None:
     assert len(frames) == 11  # 1680 samples -> 10 full frames + 1 padded
     assert all(fr.samples_per_channel == 160 and fr.sample_rate == 16000 for fr in frames)
     assert np.frombuffer(frames[-1].data, np.int16)[80:].max() == 0  # padding is silence
+
+
+def test_verify_decodes_at_the_files_own_rate_and_reports_decoded_frames(tmp_path: Path) -> None:
+    f = tmp_path / "v.wav"
+    sf.write(f, np.zeros((4410, 2), np.float32), 44100)
+    info = verify_audio(f)
+    assert (info.sample_rate, info.channels, info.frames, info.duration_s) == (44100, 2, 4410, 0.1)

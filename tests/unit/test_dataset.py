@@ -220,3 +220,68 @@ def test_cli_validate(tmp_path: Path) -> None:
     assert "2 problem(s)" in out.stdout and "turns[0].audio" in out.stdout and "leaves the dataset" in out.stdout
     ok = runner.invoke(app, ["validate", str(make(tmp_path / "ok", conv("c1")))])
     assert ok.exit_code == 0 and "1 conversations, 1 turns" in ok.stdout
+
+
+def _bad_audio_dataset(root: Path) -> Path:
+    """Line 1 clean; line 2 a truncated WAV (variant piper); line 3 NaN and +inf float WAVs in turns 1 and 2."""
+    turns = [{"user": f"Question {i}?", "audio": f"audio/ok{i}.wav"} for i in range(3)]
+    turns[1]["audio"], turns[2]["audio"] = "audio/nan.wav", "audio/inf.wav"
+    make(
+        root,
+        conv("clean", audio="audio/ok0.wav"),
+        conv("cut", audio={"piper": "audio/cut.wav", "espeak": "audio/ok1.wav"}),
+        {"id": "nonfinite", "turns": turns},
+        wavs=("audio/ok0.wav", "audio/ok1.wav", "audio/ok2.wav", "audio/cut.wav"),
+    )
+    cut = root / "audio" / "cut.wav"
+    cut.write_bytes(cut.read_bytes()[:-1000])
+    for name, bad in (("nan", np.nan), ("inf", np.inf)):
+        x = np.zeros(1600, np.float32)
+        x[800] = bad
+        sf.write(root / "audio" / f"{name}.wav", x, 16000, subtype="FLOAT")
+    return root
+
+
+def test_validate_decodes_audio_and_reports_truncation_and_nan_with_file_line_field(tmp_path: Path) -> None:
+    root = _bad_audio_dataset(tmp_path / "ds")
+    problems = validate_dataset(root)
+    got = {(p.file, p.line, p.field): p.message for p in problems}
+    assert set(got) == {
+        ("conversations.jsonl", 2, "turns[0].audio.piper"),
+        ("conversations.jsonl", 3, "turns[1].audio"),
+        ("conversations.jsonl", 3, "turns[2].audio"),
+    }
+    assert got[("conversations.jsonl", 2, "turns[0].audio.piper")] == (
+        "audio/cut.wav: truncated: the header declares 3200 bytes of audio data, the file holds 2200 "
+        "(a copy cut short, or a recorder that never finished its header: re-export the file)"
+    )
+    assert got[("conversations.jsonl", 3, "turns[1].audio")] == (
+        "audio/nan.wav: contains NaN or infinite samples (first at 0.050 s)"
+    )
+    assert got[("conversations.jsonl", 3, "turns[2].audio")].startswith("audio/inf.wav: contains NaN or infinite")
+    assert str(problems[0]).startswith("conversations.jsonl:2 turns[0].audio.piper: audio/cut.wav: truncated")
+    assert validate_dataset(root, check_audio=False) == []  # the files exist and the paths are safe
+
+
+def test_a_clean_dataset_with_audio_validates_with_no_problems(tmp_path: Path) -> None:
+    root = make(
+        tmp_path / "ds",
+        conv("a", audio={"piper": "audio/a.wav"}, audio_meta={"piper": {"speech_start_s": 0, "speech_end_s": 0.1}}),
+        conv("b", audio="audio/b.wav"),
+        wavs=("audio/a.wav", "audio/b.wav"),
+    )
+    sf.write(root / "audio" / "b.wav", np.full(800, 0.25, np.float32), 8000, subtype="FLOAT")
+    assert validate_dataset(root) == []
+
+
+def test_cli_validate_reports_truncated_and_nan_audio(tmp_path: Path) -> None:
+    root = _bad_audio_dataset(tmp_path / "ds")
+    out = CliRunner().invoke(app, ["validate", str(root)], env={"COLUMNS": "250"})
+    assert out.exit_code == 1, out.stdout
+    assert "3 problem(s)" in out.stdout
+    lines = out.stdout.splitlines()
+    cut = next(line for line in lines if "audio/cut.wav" in line)
+    assert "conversations.jsonl" in cut and "│ 2 " in cut and "turns[0].audio.piper" in cut and "truncated" in cut
+    nan = next(line for line in lines if "audio/nan.wav" in line)
+    assert "│ 3 " in nan and "turns[1].audio" in nan and "NaN or infinite samples" in nan
+    assert any("audio/inf.wav" in line and "turns[2].audio" in line for line in lines)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from workbench.faults.endpoint import Script, ScriptedEndpoint
 from workbench.faults.speech import FixedDelaySTT
@@ -53,6 +56,32 @@ async def test_bad_audio_gives_an_error_row_and_the_conversation_goes_on(tmp_pat
     assert df["answer"].tolist()[2] == "Okay."
     # faster-than-real-time rows carry no latency figures
     assert not df["realtime"].any() and df["v2v_s"].isna().all() and df["llm_ttfc_s"].isna().all()
+
+
+def _wav(x: np.ndarray, subtype: str) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, x, 16000, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+async def test_truncated_and_nan_audio_are_error_rows_and_the_run_goes_on(tmp_path: Path) -> None:
+    """Both would otherwise replay as something (shorter audio, NaN clipped to noise): each is its turn's error."""
+    tone = (0.3 * np.sin(np.arange(16000) / 5.0)).astype(np.float32)
+    truncated = _wav(tone, "PCM_16")[:-8000]  # the header still declares the whole second
+    nan = tone.copy()
+    nan[4000] = np.nan
+    ds = voice_dataset(tmp_path / "ds", turns=4, broken={1: truncated, 2: _wav(nan, "FLOAT")})
+    stt = FixedDelaySTT(delay_s=0.01, texts=["question 0", "question 3"])
+    with ScriptedEndpoint(Script(text="Okay.")) as ep:
+        suite = Suite(dataset=ds, mode="voice", voice=VoiceOptions(variants=["piper"], realtime=False))
+        res = await arun(suite, runs_dir=tmp_path / "runs", stack=fake_speech_stack(ep, tmp_path, stt), progress=False)
+    df = load_run(res.path).sort_values("turn_index")
+    assert df["error_kind"].fillna("").tolist() == ["", "bad_audio", "bad_audio", ""]
+    errors = df["error"].tolist()
+    assert "c0_1.wav: truncated: the header declares 32000 bytes of audio data, the file holds 24000" in errors[1]
+    assert "c0_2.wav: contains NaN or infinite samples (first at 0.250 s)" in errors[2]
+    assert df["answer"].tolist() == ["Okay.", "", "", "Okay."]
+    assert df["transcript"].tolist()[3] == "question 3"
 
 
 @pytest.fixture(autouse=True)

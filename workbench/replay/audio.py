@@ -9,8 +9,10 @@ samples never allocates them, and memory stays at the size of the 16 kHz output.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import soundfile as sf
@@ -103,10 +105,105 @@ def _check_header(path: Path, f: sf.SoundFile, size: int) -> AudioInfo:
     return info
 
 
+# -- truncation: libsndfile quietly shortens a file whose header declares more data than it holds ---
+@dataclass(frozen=True)
+class _Layout:
+    """How one container family lays out its chunks."""
+
+    byteorder: Literal["little", "big"]
+    first_chunk: int  # offset of the first chunk after the file header
+    id_len: int
+    size_len: int
+    align: int
+    data_id: bytes
+    size_counts_header: bool = False  # Wave64 chunk sizes include the chunk's own header
+
+
+_W64_RIFF = b"riff" + bytes.fromhex("2e91cf11a5d628db04c10000")
+_W64_DATA = b"data" + bytes.fromhex("f3acd3118cd100c04f8edb8a")
+_MAX_CHUNKS = 4096
+
+
+def _layout(head: bytes) -> _Layout | None:
+    kind, form = head[:4], head[8:12]
+    if kind in (b"RIFF", b"RF64", b"BW64") and form == b"WAVE":
+        return _Layout("little", 12, 4, 4, 2, b"data")
+    if kind == b"RIFX" and form == b"WAVE":
+        return _Layout("big", 12, 4, 4, 2, b"data")
+    if kind == b"FORM" and form in (b"AIFF", b"AIFC"):
+        return _Layout("big", 12, 4, 4, 2, b"SSND")
+    if head[:16] == _W64_RIFF:
+        return _Layout("little", 40, 16, 8, 8, _W64_DATA, size_counts_header=True)
+    return None
+
+
+def _data_chunk(path: Path, size: int) -> tuple[int, int] | None:
+    """(declared, present) bytes of the audio data chunk of a WAV/RF64/W64/AIFF file; None otherwise.
+
+    Walks the container's chunk headers (a few small reads). None when the file is no such
+    container or has no data chunk: libsndfile then reports its own error.
+    """
+    with path.open("rb") as f:
+        head = f.read(40)
+        if len(head) < 16 or (lay := _layout(head)) is None:
+            return None
+        rf64_data: int | None = None  # RF64/BW64 keep the real data size in the ds64 chunk
+        pos = lay.first_chunk
+        for _ in range(_MAX_CHUNKS):
+            f.seek(pos)
+            hdr = f.read(lay.id_len + lay.size_len)
+            if len(hdr) < lay.id_len + lay.size_len:
+                return None
+            cid, body = hdr[: lay.id_len], pos + len(hdr)
+            csize = int.from_bytes(hdr[lay.id_len :], lay.byteorder)
+            if lay.size_counts_header:
+                csize -= len(hdr)
+                if csize < 0:
+                    return None
+            if cid == b"ds64" and head[:4] in (b"RF64", b"BW64") and len(ds64 := f.read(16)) == 16:
+                rf64_data = int.from_bytes(ds64[8:16], "little")
+            if cid == lay.data_id:
+                if rf64_data is not None and csize == 0xFFFFFFFF:
+                    csize = rf64_data
+                return csize, size - body
+            pos = body + csize + (-csize % lay.align)
+            if pos >= size:
+                return None
+        return None
+
+
+def _check_truncation(path: Path, size: int) -> None:
+    try:
+        found = _data_chunk(path, size)
+    except OSError as e:
+        raise AudioLoadError(path, f"cannot read file: {e.strerror or e}") from e
+    if found is not None and found[0] > found[1]:
+        declared, present = found
+        raise AudioLoadError(
+            path,
+            f"truncated: the header declares {declared} bytes of audio data, the file holds {present} "
+            "(a copy cut short, or a recorder that never finished its header: re-export the file)",
+        )
+
+
+def _check_decoded_length(path: Path, info: AudioInfo, decoded: int) -> None:
+    """Fewer frames decoded than the header declares: the file was cut short (MP3 counts are estimates)."""
+    shortfall = info.frames - decoded
+    slack = int(0.01 * info.frames) + 2304 if info.format == "MP3" else 0
+    if shortfall > slack:
+        raise AudioLoadError(
+            path, f"truncated: the header declares {info.frames} frames, only {decoded} could be decoded"
+        )
+
+
 def probe_audio(path: str | os.PathLike[str], *, max_bytes: int = MAX_AUDIO_BYTES) -> AudioInfo:
-    """Header-only check (cheap): exists, size, readable format, sane rate and channels."""
+    """Header-only check (cheap): exists, size, readable format, sane rate and channels, not truncated.
+
+    Does not decode: NaN samples or a cut inside compressed data show only in :func:`verify_audio`.
+    """
     p = Path(path)
     size = _check_file(p, max_bytes)
+    _check_truncation(p, size)
     try:
         with sf.SoundFile(p) as f:
             info = _check_header(p, f, size)
@@ -117,6 +214,58 @@ def probe_audio(path: str | os.PathLike[str], *, max_bytes: int = MAX_AUDIO_BYTE
     if info.frames <= 0:
         raise AudioLoadError(p, "no audio samples in the file")
     return info
+
+
+def _blocks(p: Path, f: sf.SoundFile, info: AudioInfo, max_duration_s: float) -> Iterator[np.ndarray]:
+    """Every block of the file as float32 (frames x channels), checked finite, then checked complete."""
+    max_frames = int(max_duration_s * info.sample_rate)
+    read = 0
+    while True:
+        block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+        if not len(block):
+            break
+        if read + len(block) > max_frames:
+            raise AudioLoadError(p, f"longer than the {max_duration_s:.0f} s limit")
+        if not (finite := np.isfinite(block).all(axis=1)).all():
+            at = (read + int(np.argmin(finite))) / info.sample_rate
+            raise AudioLoadError(p, f"contains NaN or infinite samples (first at {at:.3f} s)")
+        read += len(block)
+        yield block
+    if read == 0:
+        raise AudioLoadError(p, "no audio samples in the file")
+    _check_decoded_length(p, info, read)
+
+
+def _open_error(p: Path, e: Exception) -> AudioLoadError:
+    if isinstance(e, MemoryError):
+        return AudioLoadError(p, "too large to decode in memory")
+    # libsndfile/soxr report corrupt data as several error types
+    return AudioLoadError(p, f"not a readable audio file (corrupt or unsupported format): {e}")
+
+
+def verify_audio(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int = MAX_AUDIO_BYTES,
+    max_duration_s: float = MAX_DURATION_S,
+) -> AudioInfo:
+    """Everything :func:`load_audio` refuses, found by decoding the whole file once at its own rate.
+
+    What ``workbench validate`` runs per file: no resampling and no samples kept, so it costs a
+    read of the file. The returned ``frames`` are the frames actually decoded.
+    """
+    p = Path(path)
+    size = _check_file(p, max_bytes)
+    _check_truncation(p, size)
+    try:
+        with sf.SoundFile(p) as f:
+            info = _check_header(p, f, size)
+            read = sum(len(block) for block in _blocks(p, f, info, max_duration_s))
+    except AudioLoadError:
+        raise
+    except Exception as e:
+        raise _open_error(p, e) from e
+    return AudioInfo(info.path, info.format, info.subtype, info.sample_rate, info.channels, read, size)
 
 
 def load_audio(
@@ -131,34 +280,27 @@ def load_audio(
 
     Several channels are averaged, unless ``channel`` picks one (LiveKit's session recordings
     are stereo: channel 0 is the user, 1 the agent). Any rate is resampled with soxr, so 8 kHz
-    telephone audio comes back upsampled to 16 kHz.
+    telephone audio comes back upsampled to 16 kHz. A truncated file (its header declares more
+    data than it holds) or NaN/infinite samples are an :class:`AudioLoadError`, never shorter audio.
     """
     p = Path(path)
     if not MIN_RATE <= target_rate <= MAX_RATE:
         raise ValueError(f"target_rate {target_rate} outside {MIN_RATE}-{MAX_RATE} Hz")
     size = _check_file(p, max_bytes)
+    _check_truncation(p, size)
     chunks: list[np.ndarray] = []
+    read = 0
     try:
         with sf.SoundFile(p) as f:
             info = _check_header(p, f, size)
             if channel is not None and not 0 <= channel < info.channels:
                 raise AudioLoadError(p, f"channel {channel} requested, the file has {info.channels}")
-            max_frames = int(max_duration_s * info.sample_rate)
             resampler = (
                 soxr.ResampleStream(info.sample_rate, target_rate, 1, dtype="float32")
                 if info.sample_rate != target_rate
                 else None
             )
-            read = 0
-            while True:
-                block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
-                if not len(block):
-                    break
-                if read + len(block) > max_frames:
-                    raise AudioLoadError(p, f"longer than the {max_duration_s:.0f} s limit")
-                if not (finite := np.isfinite(block).all(axis=1)).all():
-                    at = (read + int(np.argmin(finite))) / info.sample_rate
-                    raise AudioLoadError(p, f"contains NaN or infinite samples (first at {at:.3f} s)")
+            for block in _blocks(p, f, info, max_duration_s):
                 read += len(block)
                 mono = block[:, channel] if channel is not None else block.mean(axis=1)
                 mono = np.ascontiguousarray(mono, dtype=np.float32)
@@ -167,14 +309,11 @@ def load_audio(
                 chunks.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
     except AudioLoadError:
         raise
-    except MemoryError as e:
-        raise AudioLoadError(p, "too large to decode in memory") from e
-    except Exception as e:  # libsndfile/soxr report corrupt data as several error types
-        raise AudioLoadError(p, f"not a readable audio file (corrupt or unsupported format): {e}") from e
+    except Exception as e:
+        raise _open_error(p, e) from e
     samples = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
-    if read == 0 or samples.size == 0:
+    if samples.size == 0:
         raise AudioLoadError(p, "no audio samples in the file")
-    # the header's frame count can lie (truncated files): report what was actually decoded
     info = AudioInfo(info.path, info.format, info.subtype, info.sample_rate, info.channels, read, size)
     return LoadedAudio(samples, target_rate, info)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from workbench.replay.audio import AudioLoadError, probe_audio
+from workbench.replay.audio import AudioLoadError, verify_audio
 
 CONVERSATIONS_FILE = "conversations.jsonl"
 KNOWLEDGE_DIR = "knowledge"
@@ -348,9 +348,11 @@ def load_dataset(path: str | Path, *, strict: bool = False) -> Dataset:
 
 
 def validate_dataset(path: str | Path, *, check_audio: bool = True) -> list[DatasetProblem]:
-    """Every problem in a dataset: structure, ids, paths, missing/unsafe files, unreadable audio.
+    """Every problem in a dataset: structure, ids, paths, missing/unsafe files, unusable audio.
 
-    ``check_audio`` also opens each audio header (cheap) and compares it with ``audio_meta``.
+    ``check_audio`` also decodes every audio file once, at its own rate (what replay would refuse:
+    corrupt, truncated, NaN/infinite samples, absurd header), and compares its length with
+    ``audio_meta``. Each problem names the JSONL line and the field, e.g. ``turns[1].audio.piper``.
     """
 
     root = Path(path)
@@ -376,7 +378,7 @@ def validate_dataset(path: str | Path, *, check_audio: bool = True) -> list[Data
                 if not check_audio:
                     continue
                 try:
-                    info = probe_audio(root / rel)
+                    info = verify_audio(root / rel)
                 except AudioLoadError as e:
                     bad(fld, f"{rel}: {e.reason}")
                     continue
