@@ -272,7 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             check_promoted(promoted)
             config = worker_config(promoted)
-        except ValueError as e:  # PromotedFileError, ConfigError
+            from workbench.models.components import check_components
+
+            check_components(config)  # a plugin that is not installed, or its key variable unset
+        except ValueError as e:  # PromotedFileError, ConfigError (ComponentError)
             print(f"workbench worker: {e}", file=sys.stderr)
             return 2
         for warning in model_warnings(promoted, config):

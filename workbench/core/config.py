@@ -9,11 +9,12 @@ endpoint names the *environment variable* that holds its key.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 ENV_PREFIX = "WORKBENCH__"
 DOTENV_FILE = ".env"  # in the working directory; git-ignored
@@ -94,6 +95,40 @@ class EndpointConfig(_Model):
         return self.context_tokens or max(256, self.n_ctx - self.max_tokens)
 
 
+class Factory(BaseModel):
+    """A component built by any factory, by import path: ``use: "livekit.plugins.deepgram:STT"`` calls that class
+    (or function) with the section's other keys as keyword arguments, plus ``api_key=<value of $api_key_env>``
+    when ``api_key_env`` names a variable, so the key itself never appears in a config, a manifest or a report."""
+
+    model_config = ConfigDict(extra="allow")
+
+    use: str
+    api_key_env: str | None = None
+
+    @field_validator("use")
+    @classmethod
+    def _import_path(cls, v: str) -> str:
+        if v.count(":") != 1 or not all(v.split(":")):
+            raise ValueError(f"{v!r}: give the factory as 'module:name', e.g. 'livekit.plugins.deepgram:STT'")
+        return v
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """The factory's keyword arguments as written (the key is added when the factory is called)."""
+        return dict(self.model_extra or {})
+
+    def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The key from ``$api_key_env`` (or ``./.env``); None when no variable is named or it is empty."""
+        if not self.api_key_env:
+            return None
+        env = os.environ if environ is None else environ
+        return env.get(self.api_key_env) or read_dotenv().get(self.api_key_env) or None
+
+
+def _section(v: Any) -> str:
+    return "factory" if isinstance(v, Factory) or (isinstance(v, Mapping) and "use" in v) else "embedded"
+
+
 class STTConfig(_Model):
     kind: Literal["whisper"] = "whisper"
     model: Literal["tiny.en", "base"] = "tiny.en"
@@ -116,10 +151,24 @@ class VADConfig(_Model):
     activation_threshold: float = 0.5
 
 
+# a section with `use:` is a Factory, else the embedded component's own fields (where a typo stays an error)
+STTSection = Annotated[
+    Annotated[Factory, Tag("factory")] | Annotated[STTConfig, Tag("embedded")], Discriminator(_section)
+]
+TTSSection = Annotated[
+    Annotated[Factory, Tag("factory")] | Annotated[TTSConfig, Tag("embedded")], Discriminator(_section)
+]
+VADSection = Annotated[
+    Annotated[Factory, Tag("factory")] | Annotated[VADConfig, Tag("embedded")], Discriminator(_section)
+]
+
+
 class TurnConfig(_Model):
-    """End of turn: ``vad`` (silence after speech, reproducible) or LiveKit's local ``turn_detector``."""
+    """End of turn: ``vad`` (silence after speech, reproducible), LiveKit's local ``turn_detector``, or a
+    ``detector`` factory returning what ``AgentSession(turn_detection=...)`` takes. The delays apply to all."""
 
     mode: Literal["vad", "turn_detector"] = "vad"
+    detector: Factory | None = None  # when given, used instead of `mode`
     min_endpointing_delay: float = 0.5
     max_endpointing_delay: float = 3.0
 
@@ -134,9 +183,9 @@ class EmbeddingsConfig(_Model):
 class WorkbenchConfig(_Model):
     llm: EndpointConfig = Field(default_factory=EndpointConfig)
     endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
-    stt: STTConfig = Field(default_factory=STTConfig)
-    tts: TTSConfig = Field(default_factory=TTSConfig)
-    vad: VADConfig = Field(default_factory=VADConfig)
+    stt: STTSection = Field(default_factory=STTConfig)
+    tts: TTSSection = Field(default_factory=TTSConfig)
+    vad: VADSection = Field(default_factory=VADConfig)
     turn: TurnConfig = Field(default_factory=TurnConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     state_dir: Path = Field(Path(".workbench"), validate_default=True)  # server logs, indexes, caches
@@ -217,5 +266,16 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         raise ConfigError(f"environment WORKBENCH__ variables: {e}") from e
     try:
         return WorkbenchConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{path or 'environment'}: {validation_text(e)}") from e
     except ValueError as e:
         raise ConfigError(f"{path or 'environment'}: {e}") from e
+
+
+def validation_text(e: ValidationError) -> str:
+    """Pydantic's errors on one line, each as ``field.path: message`` (without the union's tag names)."""
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("factory", "embedded"))
+        out.append(f"{loc}: {str(err['msg']).removeprefix('Value error, ')}")
+    return "; ".join(out)

@@ -100,6 +100,17 @@ def installed_version(package: str) -> str | None:
         return None
 
 
+def factory_record(use: str) -> dict[str, Any]:
+    """A factory component's import path and the distribution (and version) that provides it."""
+    module = use.split(":")[0]
+    parts = module.split(".")
+    if parts[:2] == ["livekit", "plugins"] and len(parts) > 2:
+        dist: str | None = f"livekit-plugins-{parts[2].replace('_', '-')}"
+    else:
+        dist = next(iter(metadata.packages_distributions().get(parts[0], [])), None)
+    return {"use": use, "package": dist, "version": installed_version(dist) if dist else None}
+
+
 def workbench_version() -> str | None:
     return installed_version(WORKBENCH_DIST)
 
@@ -202,9 +213,13 @@ def model_hashes(config: WorkbenchConfig, state_dir: str | Path | None = None) -
     for name, ep in [("llm", config.llm), *((f"llm:{n}", e) for n, e in config.endpoints.items())]:
         if ep.kind == "local":
             jobs.append((name, lambda ep=ep: _gguf_record(ep, cache)))
-    if config.stt.kind == "whisper":
-        jobs.append(("stt", lambda: _whisper_record(config.stt.model, cache)))
-    if config.tts.kind == "piper":
+    for role in ("stt", "tts", "vad"):
+        section = getattr(config, role)
+        if getattr(section, "use", None):  # a factory: what ran is its import path and its package's version
+            jobs.append((role, lambda s=section: factory_record(s.use)))
+    if getattr(config.stt, "kind", None) == "whisper":
+        jobs.append(("stt", lambda: _whisper_record(config.stt.model, cache)))  # type: ignore[union-attr]
+    if getattr(config.tts, "kind", None) == "piper":
         jobs.append(("tts", lambda: _file_record(assets.piper_voice(), cache)))
     if config.embeddings.kind == "minilm":
         jobs.append(("embeddings", lambda: _file_record(assets.minilm_dir() / "model.safetensors", cache)))

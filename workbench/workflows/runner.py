@@ -26,6 +26,7 @@ from workbench.core.config import load_config
 from workbench.core.run import resolve_runs_dir
 from workbench.core.store import RunStore, new_run_id, read_rows
 from workbench.models import ModelStack
+from workbench.models.components import check_components
 from workbench.models.versions import environment_info
 from workbench.replay.dataset import load_dataset
 from workbench.replay.text import history_from_rows, replay_text
@@ -191,12 +192,15 @@ async def arun(
             return done
         run_id = run_id or new_run_id(suite.name)
         path = runs_dir / run_id
+    config = stack.config if stack is not None else load_config(suite.config)
+    check_components(config)  # a factory section that cannot be built fails here, before the run folder exists
+    if resume is None:
         store = RunStore(path)
     dataset = load_dataset(suite.dataset)
     for problem in dataset.problems:  # reported in the manifest; the valid conversations still run
         log.warning("dataset problem: %s", problem)
     own_stack = stack is None
-    stack = stack or ModelStack(load_config(suite.config))
+    stack = stack or ModelStack(config)
     if resume is None:
         store.write_manifest(
             {

@@ -1,0 +1,117 @@
+"""Components by factory: ``stt: {use: "module:name", ...}`` builds any plugin class, and every way a factory
+section can be wrong is one error naming its field, found before anything is built."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from livekit.plugins import openai as lk_openai
+from typer.testing import CliRunner
+
+from workbench.cli import app
+from workbench.core.config import ConfigError, Factory, STTConfig, WorkbenchConfig, load_config
+from workbench.models.components import ComponentError, build_component, check_components, factories
+from workbench.testing.worlds import make_dataset
+from workbench.workflows import Suite, run
+
+ENV = {"SPEECH_KEY": "sk-secret-123"}
+
+
+def config(**sections: object) -> WorkbenchConfig:
+    return WorkbenchConfig.model_validate(sections)
+
+
+def test_a_section_with_use_is_a_factory_and_the_embedded_default_stays() -> None:
+    c = config(stt={"use": "livekit.plugins.openai:STT", "model": "whisper-1", "base_url": "http://127.0.0.1:9/v1"})
+    assert isinstance(c.stt, Factory) and c.stt.args == {"model": "whisper-1", "base_url": "http://127.0.0.1:9/v1"}
+    assert isinstance(WorkbenchConfig().stt, STTConfig) and factories(WorkbenchConfig()) == {}
+    with pytest.raises(ValueError, match="modle"):  # without `use:` a typo is still an error
+        config(stt={"modle": "base"})
+    with pytest.raises(ValueError, match="module:name"):
+        config(tts={"use": "livekit.plugins.openai.TTS"})
+
+
+def test_a_plugin_class_is_built_with_its_arguments_and_the_key_from_the_environment() -> None:
+    f = Factory(
+        use="livekit.plugins.openai:STT", model="whisper-1", base_url="http://127.0.0.1:9/v1", api_key_env="SPEECH_KEY"
+    )
+    stt = build_component("stt", f, ENV)
+    assert isinstance(stt, lk_openai.STT)
+    assert stt._client.api_key == "sk-secret-123" and str(stt._client.base_url).startswith("http://127.0.0.1:9/v1")
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        (
+            {"use": "livekit.plugins.nosuchvendor:STT"},
+            "stt.use: module 'livekit.plugins.nosuchvendor' is not installed "
+            "(pip install livekit-plugins-nosuchvendor)",
+        ),
+        ({"use": "livekit.plugins.openai:NoSuchSTT"}, "stt.use: 'livekit.plugins.openai' has no callable 'NoSuchSTT'"),
+        (
+            {"use": "livekit.plugins.openai:STT", "modle": "whisper-1"},
+            "stt: livekit.plugins.openai:STT does not accept",
+        ),
+        (
+            {"use": "livekit.plugins.openai:STT", "api_key_env": "UNSET_SPEECH_KEY"},
+            "stt.api_key_env: environment variable UNSET_SPEECH_KEY is not set",
+        ),
+    ],
+    ids=["module", "name", "argument", "key"],
+)
+def test_every_bad_factory_section_is_one_error_naming_the_field(section: dict, message: str) -> None:
+    with pytest.raises(ComponentError) as e:
+        check_components(config(stt=section), ENV)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_all_bad_sections_are_reported_together() -> None:
+    c = config(
+        stt={"use": "livekit.plugins.openai:STT", "api_key_env": "UNSET_SPEECH_KEY"},
+        tts={"use": "livekit.plugins.openai:TTS", "voices": "alloy"},
+        turn={"detector": {"use": "nosuchpackage.turns:Detector"}},
+    )
+    with pytest.raises(ComponentError) as e:
+        check_components(c, ENV)
+    assert [p.split(":")[0].split(".use")[0] for p in str(e.value).split("; ")] == [
+        "stt.api_key_env",
+        "tts",
+        "turn.detector",
+    ]
+
+
+def test_a_good_config_checks_clean_and_the_key_never_lands_in_the_config_dump(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("stt: {use: 'livekit.plugins.openai:STT', model: whisper-1, api_key_env: SPEECH_KEY}\n")
+    c = load_config(path, environ=ENV)
+    check_components(c, ENV)
+    dumped = json.dumps(c.model_dump(mode="json"))
+    assert "SPEECH_KEY" in dumped and "sk-secret-123" not in dumped
+
+
+def test_a_bad_factory_section_in_a_file_is_a_config_error_naming_the_file(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("tts: {use: not-a-path}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml.*module:name"):
+        load_config(path, environ={})
+
+
+def test_a_run_with_a_bad_factory_stops_before_its_folder_exists_and_the_cli_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
+    dataset = make_dataset(tmp_path / "ds")
+    (tmp_path / "c.yaml").write_text("stt: {use: 'livekit.plugins.nosuchvendor:STT'}\n")
+    suite = {"dataset": str(dataset), "config": str(tmp_path / "c.yaml"), "strategies": {"plain": "plain"}}
+    with pytest.raises(ComponentError, match=r"stt\.use: module 'livekit\.plugins\.nosuchvendor' is not installed"):
+        run(Suite.model_validate(suite), runs_dir=tmp_path / "runs", run_id="r1", progress=False)
+    assert not (tmp_path / "runs" / "r1").exists()
+
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    res = CliRunner().invoke(app, ["run", str(tmp_path / "suite.yaml"), "--runs-dir", str(tmp_path / "runs"), "-q"])
+    assert res.exit_code == 2, res.output
+    assert "livekit-plugins-nosuchvendor" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
