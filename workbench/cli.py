@@ -1,4 +1,8 @@
-"""The ``workbench`` command line."""
+"""The ``workbench`` command line.
+
+Each command imports what it needs when it runs, so ``workbench --help`` and a mistyped option answer
+at once instead of after loading LiveKit, pandas and the models.
+"""
 
 from __future__ import annotations
 
@@ -57,19 +61,25 @@ def _config(path: Path | None):
         raise typer.Exit(2) from e
 
 
+def plain_number(v: float) -> str:
+    """A float as a person writes it, never in scientific notation: whole from 100 up (1240 ms, not 1.24e+03),
+    else 3 significant digits (12.3, 0.042); NaN as blank."""
+    if v != v:
+        return ""
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    import numpy as np
+
+    return np.format_float_positional(v, precision=3, unique=True, fractional=False, trim="-")
+
+
 def print_frame(df, title: str | None = None) -> None:
-    """A DataFrame as a rich table (floats to 3 significant places, NaN as blank)."""
+    """A DataFrame as a rich table (floats as :func:`plain_number`, NaN as blank)."""
     table = Table(title=title)
     for col in df.columns:
         table.add_column(str(col), justify="right" if df[col].dtype.kind in "fi" else "left")
     for row in df.itertuples(index=False):
-        cells = []
-        for v in row:
-            if isinstance(v, float):
-                cells.append("" if v != v else f"{v:.3g}")
-            else:
-                cells.append(str(v))
-        table.add_row(*cells)
+        table.add_row(*(plain_number(v) if isinstance(v, float) else str(v) for v in row))
     console.print(table)
 
 
@@ -108,8 +118,11 @@ def run_suite(
     ] = False,
 ) -> None:
     """Replay a suite's conversations through each strategy; rows land in runs/<run-id>/ as each turn finishes."""
+    from rich.markup import escape
+
     from workbench.analysis.summary import run_summary
     from workbench.core.store import RunLockedError
+    from workbench.models import MissingAssetError
     from workbench.workflows import load_run, run
     from workbench.workflows.suite import SuiteError
 
@@ -121,6 +134,9 @@ def run_suite(
         result = run(suite, resume=resume, run_id=run_id, runs_dir=runs_dir, progress=not quiet)
     except (RunLockedError, FileNotFoundError, ConfigError, SuiteError) as e:
         console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from e
+    except MissingAssetError as e:  # one line naming every package the configured stack lacks (models.stack)
+        console.print(f"[red]{escape(str(e))}[/red]", soft_wrap=True)
         raise typer.Exit(2) from e
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: finished turns are saved; continue with --resume[/yellow]")
@@ -264,7 +280,7 @@ def promote_cmd(
 @app.command("validate")
 def validate_cmd(
     path: Annotated[Path, typer.Argument(help="Dataset folder (knowledge/, conversations.jsonl, audio/).")],
-    no_audio: Annotated[bool, typer.Option("--no-audio", help="Skip opening audio headers.")] = False,
+    no_audio: Annotated[bool, typer.Option("--no-audio", help="Skip decoding the audio files.")] = False,
 ) -> None:
     """Check a dataset: every problem with file, line and field; exits 1 when there is any."""
     from rich.markup import escape

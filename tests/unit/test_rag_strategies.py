@@ -11,6 +11,7 @@ from workbench.core.config import EndpointConfig, WorkbenchConfig
 from workbench.faults.endpoint import Script, ScriptedEndpoint
 from workbench.knowledge import KnowledgeError
 from workbench.models import ModelStack
+from workbench.scoring.facts import fact_recall
 from workbench.strategies import build
 from workbench.strategies.base import Passage
 from workbench.strategies.rag import (
@@ -170,3 +171,72 @@ def test_a_fallback_searches_the_outer_strategys_knowledge_unless_it_names_its_o
     own = with_knowledge({"kind": "rag", "fallback": {"kind": "extractive", "knowledge": "/docs/b"}}, "/docs/a")
     assert own["fallback"]["knowledge"] == "/docs/b" and own["knowledge"] == "/docs/a"
     assert with_knowledge({"kind": "plain"}, "/docs/a") == {"kind": "plain"}  # no documents to search
+
+
+PRICE_TABLE = Passage(
+    "# Prices\n\nOur self-pay prices:\n\n| Service | Price |\n|---|---:|\n| Basic check | $20 |\n"
+    "| **Full exam** | $135 |\n\nCall [billing](http://x) at extension 2.",
+    "knowledge/prices.md",
+    0.9,
+)
+LISTS = Passage(
+    "## Booking\n\nYou can book in three ways:\n\n1. By phone: call extension 1.\n2. Online: use the *portal*.\n\n"
+    "---\n\nPrices:\n\n- Cleaning (60 minutes): $125\n* New patient cleaning with X-rays: $185\n\n"
+    "Lakeside hours\n--------------\n\n+ Monday to Friday: 9 am to 7 pm",
+    "knowledge/booking.md",
+    0.9,
+)
+
+
+def assert_spoken(text: str) -> None:
+    """No Markdown a voice would read out: table pipes, rules, list markers, headings, emphasis."""
+    assert "|" not in text and "---" not in text and "#" not in text and "*" not in text and "](" not in text
+    for sentence in text.split(". "):
+        assert not sentence.startswith(("- ", "* ", "+ ", "1. ", "2. ")), sentence
+    assert text.endswith(".")
+
+
+@pytest.mark.parametrize(
+    ("passage", "facts", "said"),
+    [
+        (
+            PRICE_TABLE,
+            ["basic check $20", "full exam 135 dollars", "extension 2"],
+            "Our self-pay prices. Basic check: $20. Full exam: $135. Call billing at extension 2.",
+        ),
+        (
+            LISTS,
+            [
+                "phone call extension 1",
+                "portal",
+                "cleaning 60 minutes $125",
+                "X-rays: $185",
+                "Monday to Friday 9 am to 7 pm",
+            ],
+            "You can book in three ways. By phone: call extension 1. Online: use the portal. Prices. Cleaning "
+            "(60 minutes): $125. New patient cleaning with X-rays: $185. Lakeside hours. Monday to Friday: 9 am "
+            "to 7 pm.",
+        ),
+    ],
+)
+async def test_extractive_says_tables_and_lists_as_sentences_and_keeps_the_facts(
+    passage: Passage, facts: list[str], said: str
+) -> None:
+    ex = ExtractiveStrategy(ExtractiveStrategy.Config(max_words=60), index=FakeIndex([passage]))
+    text = await answer(ex, ctx_with(("user", "How much is it?")))
+    assert text == said
+    assert_spoken(text)
+    assert fact_recall(facts, text) == 1.0
+    assert fact_recall(facts, passage.text) == 1.0  # the same facts the document states
+
+
+def test_speakable_names_table_columns_and_reads_a_table_cut_from_its_header() -> None:
+    wide = "| Service | Main Street | Lakeside |\n| :--- | ---: | --- |\n| Basic check | $20 | $25 |"
+    assert speakable(wide) == "Basic check: Main Street $20, Lakeside $25."
+    assert speakable("| Basic check | $20 |\n| Full exam | $135 |") == "Basic check: $20. Full exam: $135."
+    # a heading over prose is dropped; over a list it says what the items are about
+    assert speakable("# Hours\n\nWe open at 8 am.") == "We open at 8 am."
+    assert speakable("## Lakeside\n\n- Monday: 9 am to 7 pm") == "Lakeside. Monday: 9 am to 7 pm."
+    # words with underscores, emails and prose dashes are not markup
+    said = speakable("Email front_desk@clinic.example or __call__ us - any day.")
+    assert said == "Email front_desk@clinic.example or call us - any day."

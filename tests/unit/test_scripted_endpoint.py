@@ -217,6 +217,34 @@ async def test_cut_after_n_tokens(ep: ScriptedEndpoint, client: openai.AsyncClie
     assert not rec.completed and not rec.disconnected and rec.tokens_sent == ["one", " two"]
 
 
+async def test_cut_clean_closes_a_close_delimited_body_after_n_tokens(
+    ep: ScriptedEndpoint, client: openai.AsyncClient
+) -> None:
+    """No length, no chunking, ``Connection: close``: the body ends cleanly mid-answer, so HTTP sees a whole
+    response and a plain SDK client a whole answer (the workbench's chat client does not: test_cut_streams)."""
+    ep.push(Script(fault="cut_clean", after=2, text="one two three four"))
+    reader, writer = await asyncio.open_connection(ep.host, ep.port)
+    body = json.dumps({"model": "m", "messages": MSGS, "stream": True}).encode()
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    writer.write(head.encode() + body)
+    raw = await asyncio.wait_for(reader.read(), 2.0)  # to EOF: the server closed the connection
+    writer.close()
+    status, _, payload = raw.partition(b"\r\n\r\n")
+    headers = status.decode().lower().splitlines()
+    assert headers[0] == "http/1.1 200 ok" and "connection: close" in headers
+    assert not any(h.startswith(("content-length:", "transfer-encoding:")) for h in headers)
+    events = [e for e in payload.decode().split("\n\n") if e]
+    assert [json.loads(e.removeprefix("data: "))["choices"][0]["delta"]["content"] for e in events] == ["one", " two"]
+    assert b'finish_reason":"' not in payload and b"[DONE]" not in payload
+    rec = ep.chat_requests[0]
+    assert await rec.wait_done()
+    assert not rec.completed and not rec.disconnected and rec.tokens_sent == ["one", " two"]
+    # the SDK's own client ends the answer there without an error: the cut is invisible to it
+    ep.push(Script(fault="cut_clean", after=2, text="one two three four"))
+    deltas, _, _, _ = await _stream(client)
+    assert deltas == ["one", " two"]
+
+
 async def test_malformed_event_after_n_tokens(ep: ScriptedEndpoint, client: openai.AsyncClient) -> None:
     ep.push(Script(fault="malformed", after=1, text="one two"))
     got: list[str] = []

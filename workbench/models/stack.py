@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +18,11 @@ from livekit.agents import tts as lk_tts
 from livekit.agents import vad as lk_vad
 from livekit.plugins import openai as lk_openai
 
-from workbench.core.config import EndpointConfig, WorkbenchConfig, load_config
+from workbench.core.config import EndpointConfig, Factory, STTConfig, TTSConfig, WorkbenchConfig, load_config
+from workbench.models import assets
+from workbench.models.assets import MissingAssetError
 from workbench.models.chat_client import chat_client
+from workbench.models.components import build_component, check_components
 from workbench.models.llm_server import LocalLLMServer
 
 
@@ -38,7 +42,37 @@ class ResolvedEndpoint:
             self.server.ensure_running()
 
 
+def missing_assets(config: WorkbenchConfig) -> MissingAssetError | None:
+    """Every model package ``config``'s stack needs that is not installed, as one error; None when all are.
+
+    Only looks: nothing is loaded, assembled or started. Whisper tiny.en is always needed (its tokenizer counts
+    prompt tokens); STT, TTS and embeddings are the configured ones, whether or not a run reaches them.
+    """
+    checks: list[Callable[[], object]] = [assets.whisper_dir]
+    for ep in [config.llm, *config.endpoints.values()]:
+        if ep.kind == "local":
+            checks.append(lambda gguf=ep.gguf: assets.check_gguf(gguf))
+    if isinstance(config.stt, STTConfig) and config.stt.model == "base":
+        checks.append(assets.whisper_base_packages)
+    if isinstance(config.tts, TTSConfig):  # a factory's own packages are checked by check_components
+        checks.append(assets.piper_voice if config.tts.kind == "piper" else assets.espeak_binary)
+    checks.append(assets.minilm_dir)
+    missing = []
+    for check in checks:
+        try:
+            check()
+        except MissingAssetError as e:
+            missing.append(e)
+    return MissingAssetError.combine(missing) if missing else None
+
+
 class ModelStack:
+    """The models one run (or one worker process) uses, each loaded once on first use and closed together.
+
+    A component's module is imported when it is first asked for, so a text run never imports Whisper,
+    Piper or torch, and ``workbench --help`` none of them.
+    """
+
     def __init__(self, config: WorkbenchConfig | None = None) -> None:
         self.config = config or load_config()
         self._lock = threading.RLock()
@@ -59,7 +93,7 @@ class ModelStack:
         with self._lock:
             server = self._servers.get(key)
             if server is None:
-                server = LocalLLMServer(cfg, log_dir=self.config.state_dir / "logs")
+                server = self._loaded(lambda: LocalLLMServer(cfg, log_dir=self.config.state_dir / "logs"))
                 self._servers[key] = server
             server.ensure_running()
         return ResolvedEndpoint(key, cfg, server.base_url, server.model_name, server)
@@ -101,29 +135,59 @@ class ModelStack:
         )
 
     # -- speech and embeddings (loaded once, shared) -------------------------------
+    def _loaded(self, factory: Callable[[], Any]) -> Any:
+        """``factory()``; a missing model package fails naming every package this stack lacks, not only that one."""
+        try:
+            return factory()
+        except MissingAssetError as e:
+            also = missing_assets(self.config)
+            raise MissingAssetError.combine([e, also] if also else [e]) from e
+
     def _once(self, key: str, factory: Any) -> Any:
         with self._lock:
             if key not in self._cache:
-                self._cache[key] = factory()
+                self._cache[key] = self._loaded(factory)
             return self._cache[key]
 
+    def missing_assets(self) -> MissingAssetError | None:
+        """Every model package this stack's config needs that is not installed (:func:`missing_assets`)."""
+        return missing_assets(self.config)
+
+    def check_components(self) -> None:
+        """Every factory section of the config can be built as written (:func:`check_components`); builds nothing."""
+        check_components(self.config)
+
     def stt(self) -> lk_stt.STT:
+        cfg = self.config.stt
+        if isinstance(cfg, Factory):
+            return self._once(f"stt:{cfg.use}", lambda: build_component("stt", cfg))
         from workbench.models.stt import WhisperSTT
 
-        return self._once(f"stt:{self.config.stt.model}", lambda: WhisperSTT(self.config.stt))
+        return self._once(f"stt:{cfg.model}", lambda: WhisperSTT(cfg))
 
     def tts(self, kind: str | None = None) -> lk_tts.TTS:
+        """The configured TTS; ``kind`` picks an embedded voice instead (``piper``, ``espeak``)."""
+        cfg = self.config.tts
+        if isinstance(cfg, Factory) and not kind:
+            return self._once(f"tts:{cfg.use}", lambda: build_component("tts", cfg))
         from workbench.models.tts import build_tts
 
-        cfg = self.config.tts.model_copy(update={"kind": kind}) if kind else self.config.tts
-        return self._once(f"tts:{cfg.kind}", lambda: build_tts(cfg))
+        base = cfg if isinstance(cfg, TTSConfig) else TTSConfig()
+        embedded = base.model_copy(update={"kind": kind}) if kind else base
+        return self._once(f"tts:{embedded.kind}", lambda: build_tts(embedded))
 
     def vad(self) -> lk_vad.VAD:
+        cfg = self.config.vad
+        if isinstance(cfg, Factory):
+            return self._once(f"vad:{cfg.use}", lambda: build_component("vad", cfg))
         from workbench.models.speech import load_vad
 
-        return self._once("vad", lambda: load_vad(self.config.vad))
+        return self._once("vad", lambda: load_vad(cfg))
 
     def turn_detection(self) -> Any:
+        detector = self.config.turn.detector
+        if detector is not None:
+            return build_component("turn.detector", detector)
         from workbench.models.speech import turn_detection
 
         return turn_detection(self.config.turn)

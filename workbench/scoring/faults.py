@@ -33,13 +33,14 @@ EXPECTED_KIND: dict[str, str] = {
     "refuse": "connection",  # the server closes the connection before any response
     "hang": "timeout",  # the strategy's first-chunk timeout
     "cut": "stream_cut",
+    "cut_clean": "stream_cut",  # a close-delimited body closed mid-answer: no finish_reason, no [DONE]
     "malformed": "malformed",
     "trickle": "timeout",  # the strategy's between-chunk timeout
     "stt_error": "stt_error",
     "tts_error": "tts_error",
 }
 """The ``error_kind`` a turn row must record for each fault."""
-PARTIAL_FAULTS = frozenset({"cut", "malformed", "trickle"})  # some words were spoken before the fault
+PARTIAL_FAULTS = frozenset({"cut", "cut_clean", "malformed", "trickle"})  # some words were spoken before the fault
 USER_TURNS = (
     "What time do you open on Monday?",
     "Can I book a check-up with Doctor Lee ({marker})?",

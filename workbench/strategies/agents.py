@@ -13,6 +13,7 @@ response (so a llama.cpp server stops generating as soon as the caller barges in
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -122,10 +123,14 @@ class PooledOpenAIClient(BaseOpenAIChatCompletionClient):
         kwargs: dict[str, Any] = {"messages": oai_messages, "stream": True, **create_args}
         if tool_params:
             kwargs["tools"] = tool_params
-        stream_future = asyncio.ensure_future(self._client.chat.completions.create(**kwargs))
-        if cancellation_token is not None:
-            cancellation_token.link_future(stream_future)
-        stream = await stream_future
+        try:
+            stream_future = asyncio.ensure_future(self._client.chat.completions.create(**kwargs))
+            if cancellation_token is not None:
+                cancellation_token.link_future(stream_future)
+            stream = await stream_future
+        except Exception as e:
+            _record_failure(e)
+            raise
         report_accepted()
         try:
             while True:
@@ -136,6 +141,9 @@ class PooledOpenAIClient(BaseOpenAIChatCompletionClient):
                     chunk = await chunk_future
                 except StopAsyncIteration:
                     break
+                except Exception as e:
+                    _record_failure(e)
+                    raise
                 yield chunk
         finally:
             await stream.close()  # releases the connection; the server sees the disconnect
@@ -143,6 +151,16 @@ class PooledOpenAIClient(BaseOpenAIChatCompletionClient):
     async def close(self) -> None:
         if self._owns_client:
             await self._client.close()
+
+
+_failures: contextvars.ContextVar[list[Exception] | None] = contextvars.ContextVar("autogen_failures", default=None)
+
+
+def _record_failure(e: Exception) -> None:
+    """Keep a model call's exception for :func:`stream_tokens`: an AutoGen team reports a member's failure as a
+    ``RuntimeError`` holding only its text, so the error kind (``stream_cut``, ``http_500``) would be lost."""
+    if (failures := _failures.get()) is not None:
+        failures.append(e)
 
 
 class ModelClients(PooledClients[PooledOpenAIClient]):
@@ -204,9 +222,16 @@ def stream_tokens(runnable: Any, *, task: Any = None, speaker: str | None = None
     token = CancellationToken()
 
     async def produce(emit: Callable[[str], None]) -> None:
-        async for event in runnable.run_stream(task=task, cancellation_token=token, output_task_messages=False):
-            if isinstance(event, ModelClientStreamingChunkEvent) and (speaker is None or event.source == speaker):
-                emit(event.content)
+        failures: list[Exception] = []
+        _failures.set(failures)  # in this run's task: the team runtime's tasks, created under it, share the list
+        try:
+            async for event in runnable.run_stream(task=task, cancellation_token=token, output_task_messages=False):
+                if isinstance(event, ModelClientStreamingChunkEvent) and (speaker is None or event.source == speaker):
+                    emit(event.content)
+        except Exception as e:
+            if failures and e not in failures and e.__cause__ is None:
+                raise e from failures[-1]  # a team's RuntimeError: the model call's own error is its cause
+            raise
 
     return stream_from_task(produce, name=f"autogen-{speaker or 'run'}", on_cancel=token.cancel)
 

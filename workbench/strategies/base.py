@@ -38,6 +38,7 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from workbench.core.types import Passage, TurnTrace
+from workbench.models.chat_client import StreamCut
 from workbench.models.session import SessionHandles
 
 if TYPE_CHECKING:
@@ -98,6 +99,8 @@ def _one_error_kind(e: BaseException) -> str | None:
     status = getattr(e, "status_code", None)
     if isinstance(status, int) and status > 0:
         return f"http_{status}"
+    if isinstance(e, StreamCut):  # the body ended cleanly, but before a finish_reason or [DONE]
+        return "stream_cut"
     # openai wraps failures of the request itself (refused, dropped before any response)
     if isinstance(e, openai.APIConnectionError | httpx2.ConnectError | ConnectionError):
         return "connection"

@@ -18,6 +18,7 @@ from livekit.agents.voice import ModelSettings
 from pydantic import field_validator
 
 from workbench.knowledge import KnowledgeError, open_index
+from workbench.knowledge.chunking import split_sentences
 from workbench.models import ModelStack
 from workbench.strategies.base import Passage, Strategy, StrategyOptions, StrategyTurn, last_user_message
 from workbench.strategies.builtin import PlainStrategy
@@ -164,39 +165,116 @@ def rag_llm_node(index: Any, top_k: int = 3, on_passages: Any = None, placement:
     return llm_node
 
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-_BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
-_INLINE = re.compile(r"[*_`]|\[([^\]]*)\]\([^)]*\)")
+# Markdown to speech, in one place. Passages keep their Markdown for LLM prompts (a model reads a table or a list
+# well, and the index embeds the documents as written); whatever is *spoken* from a passage (extractive, and
+# extractive as any strategy's fallback) goes through :func:`speakable`, so a table row, a list marker, a rule or
+# a heading reaches TTS as a sentence, never as symbols. Words and numbers are kept as written ("$20" too: TTS
+# reads it, and fact recall matches it).
+_HEADING = re.compile(r"^#{1,6}(?:\s+|$)")
+_BULLET = re.compile(r"^(?:[-*+\u2022]|\d{1,2}[.)])\s+")
+_RULE = re.compile(r"^(?:(?:-\s*){3,}|(?:\*\s*){3,}|(?:_\s*){3,}|={3,})$")  # thematic break, setext underline
+_TABLE_SEP = re.compile(r"^\|?\s*:?-+:?\s*(?:\|\s*:?-+:?\s*)*\|?$")  # |---|:--:|
+_CELL = re.compile(r"(?<!\\)\|")
+_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)|<((?:https?://|mailto:)[^>\s]+)>")
+_EMPHASIS = re.compile(r"(\*\*|~~|\*|(?<!\w)__|(?<!\w)_)(?=\S)(.+?)(?<=\S)\1(?!\w)")
+_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|>~])")
+_SHORT_ITEM_WORDS = 4  # a list of items this short reads as one sentence: "Aetna, Cigna, Sun Life."
+
+
+def _inline(text: str) -> str:
+    """Links to their text, emphasis and code markers off, escapes resolved; words and numbers untouched."""
+    text = _LINK.sub(lambda m: m.group(1) or m.group(2) or "", text)
+    for _ in range(3):  # ***bold italic*** nests
+        text, n = _EMPHASIS.subn(r"\2", text)
+        if not n:
+            break
+    text = text.replace("`", "").replace("**", "")
+    return " ".join(_ESCAPE.sub(r"\1", text).split())
+
+
+def _cells(row: str) -> list[str]:
+    row = row.strip()
+    row = row[1:] if row.startswith("|") else row
+    row = row[:-1] if row.endswith("|") and not row.endswith("\\|") else row
+    return [_inline(c).rstrip(".;,") for c in _CELL.split(row)]
+
+
+def _row_sentence(cells: list[str], header: list[str] | None) -> str:
+    """A table row as a sentence: its first cell, then the others. With two columns "Basic check: $20"; with more,
+    each value after its column's name, "Basic check: Main Street $20, Lakeside $25". A row whose header row was
+    cut off (a later chunk of a long table) reads its cells in order."""
+    label, rest = cells[0], cells[1:]
+    names = header[1:] if header is not None and len(header) == len(cells) and len(cells) > 2 else [""] * len(rest)
+    values = [f"{name} {v}" if name else v for name, v in zip(names, rest, strict=True) if v]
+    if not label:
+        return ", ".join(values)
+    return f"{label}: {', '.join(values)}" if values else label
+
+
+def _blocks(text: str) -> list[tuple[str, list[str]]]:
+    """The passage as (kind, spoken lines) blocks: a paragraph line, a heading, a list (short items joined into one
+    line, longer ones a line each) or a table row (its header row and rule dropped)."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    blocks: list[tuple[str, list[str]]] = []
+    header: list[str] | None = None
+    items: list[str] = []
+
+    def end_list() -> None:
+        if items:
+            short = len(items) > 1 and all(len(i.split()) <= _SHORT_ITEM_WORDS and ":" not in i for i in items)
+            blocks.append(("list", [", ".join(items)] if short else list(items)))
+            items.clear()
+
+    for i, line in enumerate(lines):
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        is_row = "|" in line and (line.startswith("|") or header is not None)
+        header = header if is_row else None
+        if _BULLET.match(line) and not _RULE.match(line):
+            if item := _inline(_BULLET.sub("", line, count=1)).rstrip(".;,"):
+                items.append(item)
+            continue
+        end_list()
+        if not line or _RULE.match(line) or ("|" in line and _TABLE_SEP.match(line)):
+            continue
+        if "|" in line and "-" in nxt and _TABLE_SEP.match(nxt):  # a header row names the columns
+            header = _cells(line)
+        elif is_row:
+            blocks.append(("row", [_row_sentence(_cells(line), header)]))
+        elif _HEADING.match(line) or _RULE.match(nxt):  # ATX heading, or setext (text over === or ---)
+            blocks.append(("heading", [_inline(_HEADING.sub("", line)).rstrip(".:")]))
+        else:
+            blocks.append(("text", [_inline(line)]))
+    end_list()
+    # a heading is said only where it names the list or table under it ("Lakeside. Monday to Friday: 8 am to 6 pm.")
+    kept = [
+        (kind, [ln for ln in said if ln])
+        for (kind, said), after in zip(blocks, [k for k, _ in blocks[1:]] + [""], strict=True)
+        if kind != "heading" or after in ("list", "row")
+    ]
+    return [(kind, said) for kind, said in kept if said]
 
 
 def _spoken_lines(text: str) -> list[str]:
-    """Markdown to lines a voice can read: headings dropped, list items joined into one sentence."""
-    lines, items = [], []
-    for raw in text.splitlines():
-        line = _INLINE.sub(lambda m: m.group(1) or "", raw).strip()
-        if not line or line.startswith("#"):
-            continue
-        if _BULLET.match(line):
-            items.append(_BULLET.sub("", line).rstrip(".;,"))
-            continue
-        if items:
-            lines.append(", ".join(items) + ".")
-            items = []
-        lines.append(line)
-    if items:
-        lines.append(", ".join(items) + ".")
-    merged: list[str] = []
-    for line in lines:  # "plans:" followed by the list reads as one sentence
-        if merged and merged[-1].endswith(":"):
-            merged[-1] = f"{merged[-1]} {line}"
-        else:
-            merged.append(line if line.endswith((".", "!", "?", ":")) else line + ".")
-    return merged
+    """Markdown to lines a voice can read, each ending in a full stop (or its own ! or ?).
+
+    A line ending in ":" joins the one after it when that is a single clause ("We accept these plans: Aetna,
+    Cigna."); before a list of longer items or table rows it ends with a full stop instead of a double colon.
+    """
+    out: list[str] = []
+    for _, said in _blocks(text):
+        for line in said:
+            if out and out[-1].endswith(":"):
+                if len(said) == 1 and ":" not in line:
+                    out[-1] = f"{out[-1]} {line}"
+                    continue
+                out[-1] = out[-1][:-1] + "."
+            out.append(line)
+    return [ln if ln.endswith((".", "!", "?")) else ln.rstrip(":") + "." for ln in out]
 
 
 def speakable(text: str, max_words: int = 45) -> str:
-    """A passage trimmed to whole sentences within ``max_words``, markup removed: something a voice can say."""
-    sentences = [s for ln in _spoken_lines(text) for s in _SENTENCE.split(ln)]
+    """A passage as sentences a voice can say, trimmed to whole sentences within ``max_words``."""
+    sentences = [s.strip() for ln in _spoken_lines(text) for s in split_sentences(ln)]
     out: list[str] = []
     words = 0
     for s in sentences:
@@ -235,6 +313,5 @@ class ExtractiveStrategy(Strategy):
         if best is None or (cfg.min_score is not None and best.score < cfg.min_score):
             yield cfg.no_answer
             return
-        text = speakable(best.text, cfg.max_words)
-        for i, sentence in enumerate(_SENTENCE.split(text)):  # sentence-sized chunks let TTS start at once
-            yield sentence if i == 0 else " " + sentence
+        for sentence in split_sentences(speakable(best.text, cfg.max_words)):  # sentence-sized: TTS starts at once
+            yield sentence

@@ -27,7 +27,9 @@ from workbench.core.run import resolve_runs_dir
 from workbench.core.store import RunStore, new_run_id, read_rows
 from workbench.models import ModelStack
 from workbench.models.components import check_components
+from workbench.models.stack import missing_assets
 from workbench.models.versions import environment_info
+from workbench.pipeline.agents import AgentFactoryError, build_user_agent
 from workbench.replay.dataset import load_dataset
 from workbench.replay.text import history_from_rows, replay_text
 from workbench.replay.voice import has_audio, replay_voice
@@ -193,7 +195,15 @@ async def arun(
         run_id = run_id or new_run_id(suite.name)
         path = runs_dir / run_id
     config = stack.config if stack is not None else load_config(suite.config)
-    check_components(config)  # a factory section that cannot be built fails here, before the run folder exists
+    # what the stack cannot build fails here, before the run folder exists: a factory section, a model package
+    check_components(config)
+    if (missing := missing_assets(config)) is not None:
+        raise missing
+    if suite.agent is not None:  # so does an agent factory that cannot be loaded or called, or returns no Agent
+        try:
+            await build_user_agent(suite.agent)
+        except AgentFactoryError as e:
+            raise SuiteError(f"agent: {e}") from e
     if resume is None:
         store = RunStore(path)
     dataset = load_dataset(suite.dataset)
@@ -269,6 +279,7 @@ async def arun(
                         history=history,
                         instructions=suite.instructions,
                         speech_text=suite.speech_text,
+                        agent_factory=suite.agent,
                         turn_timeout_s=suite.turn_timeout_s,
                     )
                 else:
@@ -283,6 +294,7 @@ async def arun(
                         history=history,
                         instructions=suite.instructions,
                         speech_text=suite.speech_text,
+                        agent_factory=suite.agent,
                         options=suite.voice,
                     )
             except Exception:
