@@ -23,12 +23,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from workbench.pipeline.promoted import PROMOTED_PATH, Promoted, PromotedFileError, load_promoted
 
 if TYPE_CHECKING:
-    from livekit.agents import AgentServer, AgentSession, JobContext, JobProcess
+    from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobProcess
 
     from workbench.core.config import WorkbenchConfig
     from workbench.models import ModelStack
     from workbench.models.versions import VersionCheck
-    from workbench.pipeline import DianaAgent
 
 log = logging.getLogger("workbench.worker")
 
@@ -70,7 +69,8 @@ def worker_config(promoted: Promoted, environ: Mapping[str, str] | None = None) 
 
 
 def check_promoted(promoted: Promoted) -> None:
-    """Fail fast (before any model loads) when the strategy kind or its options are not valid here."""
+    """Fail fast (before any model loads) when the strategy kind or its options, or the agent factory, are not
+    valid here."""
     from workbench.strategies.registry import validate
 
     try:
@@ -79,30 +79,44 @@ def check_promoted(promoted: Promoted) -> None:
         raise PromotedFileError(str(e.args[0])) from e
     except ValueError as e:
         raise PromotedFileError(f"strategy {promoted.strategy_name!r}: {e}") from e
+    if promoted.agent.factory is not None:  # loaded, not called: a call may need the job's event loop
+        from workbench.pipeline.agents import AgentFactoryError, load_agent_factory
+
+        try:
+            load_agent_factory(promoted.agent.factory)
+        except AgentFactoryError as e:
+            raise PromotedFileError(f"agent.factory: {e}") from e
 
 
 def session_from_promoted(
     promoted: Promoted | str | Path | None,
     stack: ModelStack,
     mode: Literal["text", "voice"] = "voice",
-) -> tuple[AgentSession, DianaAgent]:
+) -> tuple[AgentSession, Agent]:
     """The session and agent the worker runs for one call, from the promoted file (``None``: the default path).
+
+    The agent is the promoted ``agent.factory``'s (the run's own agent) or, without one, the default agent
+    with ``agent.instructions``; either way the session applies ``agent.speech_text`` before TTS.
 
     The strategy is the session's LLM (``session.llm``); close it with ``await session.llm.aclose()``
     after ``session.aclose()``: a session does not own its models.
     """
     from workbench.pipeline import build_agent, build_session
+    from workbench.pipeline.agents import AgentFactoryError, make_user_agent
     from workbench.strategies import build
 
     if not isinstance(promoted, Promoted):
         promoted = load_promoted(promoted if promoted is not None else promoted_path())
-    strategy = build(dict(promoted.strategy), stack)
     spec = promoted.agent
-    agent = build_agent(
-        **({"instructions": spec.instructions} if spec.instructions else {}),
-        speech_text=spec.speech_text,
-    )
-    return build_session(stack, strategy, mode=mode), agent
+    if spec.factory is not None:  # the run's own agent, built by the same loader the harness used
+        try:
+            agent: Agent = make_user_agent(spec.factory)
+        except AgentFactoryError as e:
+            raise PromotedFileError(f"agent.factory: {e}") from e
+    else:
+        agent = build_agent(**({"instructions": spec.instructions} if spec.instructions else {}))
+    strategy = build(dict(promoted.strategy), stack)
+    return build_session(stack, strategy, mode=mode, speech_text=spec.speech_text), agent
 
 
 # -- version parity ------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ async def test_promoted_session_answers_a_spoken_question(
     stack, promoted_file: Path, network_guard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Piper speaks the question into the session's microphone; the agent hears it, answers, and speaks
-    cleaned text (the promoted file's speech-text settings, applied once, in the agent's ``tts_node``)."""
+    cleaned text (the promoted file's speech-text settings, applied once, by the session's TTS text transforms)."""
     tts = stack.tts()
     frames = [a.frame async for a in tts.synthesize(QUESTION)]
     speech = frames_to_mono_f32(frames, 16000)

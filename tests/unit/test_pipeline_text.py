@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from livekit.agents import Agent
-from livekit.agents.voice import ModelSettings
 from pydantic import ValidationError
 
 from workbench.pipeline import (
@@ -123,27 +122,24 @@ async def test_the_transform_streams_first_words_before_the_answer_ends() -> Non
     assert first + "".join(rest) == "Hello, this is Diana at the clinic on Main Street Goodbye."
 
 
-async def test_agent_tts_node_feeds_cleaned_text_to_livekit_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[str] = []
+async def test_session_cleans_the_text_fed_to_the_agents_tts_node() -> None:
+    """The clean-up is the session's ``tts_text_transforms``: livekit applies it to the text going into the
+    agent's (any agent's) ``tts_node``; the default agent has no ``tts_node`` of its own."""
+    from livekit.agents.voice.transcription.text_transforms import _apply_text_transforms
 
-    async def fake_default_tts_node(agent, text, model_settings):
-        async for chunk in text:
-            seen.append(chunk)
-            yield chunk  # stands in for audio frames
-
-    monkeypatch.setattr(Agent.default, "tts_node", fake_default_tts_node)
-    agent = build_agent(speech_text={"replacements": {"DianaChat": "Diana Chat"}})
-    out = [f async for f in agent.tts_node(_aiter(["Welcome to **Diana", "Chat**, ask ", "Dr. Lee."]), ModelSettings())]
-    assert "".join(seen) == "Welcome to Diana Chat, ask Dr. Lee."  # the map replaced the defaults
-    assert out == seen
+    session = build_session(None, None, mode="text", speech_text={"replacements": {"DianaChat": "Diana Chat"}})  # type: ignore[arg-type]
+    assert type(build_agent()).tts_node is Agent.tts_node
+    text = _apply_text_transforms(
+        _aiter(["Welcome to **Diana", "Chat**, ask ", "Dr. Lee."]), session.options.tts_text_transforms or []
+    )
+    assert "".join([c async for c in text]) == "Welcome to Diana Chat, ask Dr. Lee."  # the map replaced the defaults
 
 
 def test_build_agent_defaults_and_config() -> None:
     agent = build_agent()
     assert isinstance(agent, DianaAgent) and agent.instructions == DEFAULT_INSTRUCTIONS
-    assert agent.speech_text.replacements["Dr."] == "Doctor" and agent.speech_text.strip_markdown
-    custom = build_agent(instructions="Be brief.", speech_text=SpeechTextConfig(replacements={"a.m.": "A M"}))
-    assert custom.instructions == "Be brief." and custom.speech_text.replacements == {"a.m.": "A M"}
+    custom = build_agent(instructions="Be brief.")
+    assert custom.instructions == "Be brief."
 
 
 def test_bad_replacement_maps_are_rejected() -> None:
@@ -155,6 +151,9 @@ def test_bad_replacement_maps_are_rejected() -> None:
         SpeechTextConfig(replacements={}, strip_markdwn=False)  # a typo is an error, not ignored
 
 
-async def test_session_level_transforms_are_off_so_text_is_cleaned_once() -> None:
+async def test_session_level_transforms_are_the_clean_up_so_text_is_cleaned_once() -> None:
     session = build_session(None, None, mode="text")  # type: ignore[arg-type]  (text mode touches no model)
-    assert session.options.tts_text_transforms is None
+    transforms = session.options.tts_text_transforms
+    assert transforms is not None and len(transforms) == 1 and callable(transforms[0])  # ours, not livekit's names
+    off = {"replacements": {}, "strip_markdown": False, "strip_emoji": False}
+    assert build_session(None, None, mode="text", speech_text=off).options.tts_text_transforms is None  # type: ignore[arg-type]

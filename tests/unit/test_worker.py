@@ -194,3 +194,11 @@ def test_version_refusal_is_one_line_before_anything_loads(tmp_path: Path) -> No
     res = _run_worker("start", env={**CREDS, "WORKBENCH_PROMOTED": str(promoted)}, cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.splitlines() == [REFUSAL]
     assert not (tmp_path / "state").exists()  # refused before hashing or loading any model
+
+
+def test_a_promoted_agent_factory_that_cannot_be_loaded_stops_the_worker_before_it_starts(tmp_path: Path) -> None:
+    from workbench.worker import check_promoted
+
+    promoted = Promoted(strategy={"kind": "plain"}, agent={"factory": str(tmp_path / "missing_agent.py") + ":build"})
+    with pytest.raises(PromotedFileError, match=r"agent\.factory: "):
+        check_promoted(promoted)

@@ -30,6 +30,11 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "reference": ("string", "reference answer"),
     "reference_contexts": ("object", "list[str] documents that hold the answer (paths relative to the dataset)"),
     "facts": ("object", "list[str] must-mention facts"),
+    "expected_tools": (
+        "string",
+        'JSON list of the tool calls the turn should make, [{"name", "args", "match": "subset"|"exact"}]; '
+        "None: the dataset states no expectation, []: no tool may be called",
+    ),
     # the agent's side
     "answer": ("string", "the agent's full reply text"),
     "contexts": ("object", "list[str] retrieved passage texts (empty for strategies without retrieval)"),
@@ -46,6 +51,14 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "partial": ("boolean", "the fault came after some of the answer was already produced"),
     "recovery_s": ("float64", "after a fault: request to the first words of the fallback or apology"),
     "history_dropped": ("int64", "history items trimmed to fit the prompt budget"),
+    "tool_calls": (
+        "string",
+        "JSON list of the turn's tool calls in the order they started: order, name, call_id, arguments (parsed "
+        "JSON), output (what the model read), error (None, the exception's message, 'timeout' or 'cancelled'), "
+        "mocked (the dataset's tool_results answered), started_s and ended_s (seconds from the turn start)",
+    ),
+    "tool_names": ("object", "list[str] names of the tools called, in order"),
+    "tool_errors": ("int64", "tool calls of the turn that raised, timed out or were cancelled"),
     "realtime": ("boolean", "voice audio was paced in real time, so latency columns are valid"),
     # voice mode (NaN in text mode)
     "audio_path": ("string", "user audio file, relative to the dataset"),
@@ -77,6 +90,7 @@ MEASURED: tuple[Metric, ...] = (
     _measured("completion_tokens", "completion tokens", "tokens", "lower"),
     _measured("recovery_s", "recovery after a fault", "s", "lower"),
     _measured("history_dropped", "history items dropped", "items", "lower"),
+    _measured("tool_errors", "tool errors", "calls", "lower"),
     _measured("speech_end_s", "end of user speech", "s", None),  # a property of the recording
     _measured("eou_delay_s", "end of turn", "s", "lower"),
     _measured("wer", "word error rate", "", "lower", headline=True),

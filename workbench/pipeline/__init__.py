@@ -1,7 +1,9 @@
 """Factories for the voice agent, shared by the replay harness and the production worker.
 
 Both build their ``Agent`` and ``AgentSession`` here, so what was measured is what ships,
-including the text clean-up the caller hears (markdown off, words made speakable).
+including the text clean-up the caller hears (markdown off, words made speakable), which the session
+applies to whatever agent it runs: the default :class:`DianaAgent` or your own
+(:mod:`workbench.pipeline.agents`).
 """
 
 from __future__ import annotations
@@ -10,9 +12,7 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import Any, Literal
 
-from livekit import rtc
 from livekit.agents import Agent, AgentSession, llm
-from livekit.agents.voice import ModelSettings
 from livekit.agents.voice.transcription.filters import filter_emoji, filter_markdown
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -170,36 +170,33 @@ def speech_text_transform(config: SpeechTextConfig) -> TextTransform:
 
 
 class DianaAgent(Agent):
-    """The agent every run and the worker use; text clean-up before TTS lives in ``tts_node``."""
+    """The demo's default agent: its instructions only. The speech-text clean-up belongs to the session
+    (:func:`build_session`), so any agent, yours included (:mod:`workbench.pipeline.agents`), gets it."""
 
-    def __init__(
-        self,
-        *,
-        instructions: str = DEFAULT_INSTRUCTIONS,
-        speech_text: SpeechTextConfig | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, instructions: str = DEFAULT_INSTRUCTIONS, **kwargs: Any) -> None:
         super().__init__(instructions=instructions, **kwargs)
-        self.speech_text = speech_text or SpeechTextConfig()
-        self._speech_transform = speech_text_transform(self.speech_text)
-
-    def tts_node(  # type: ignore[override]
-        self, text: AsyncIterable[str], model_settings: ModelSettings
-    ) -> AsyncIterable[rtc.AudioFrame]:
-        """The cleaned text stream goes to livekit's own ``tts_node`` (sentence streaming, metrics)."""
-        return Agent.default.tts_node(self, self._speech_transform(text), model_settings)
 
 
-def build_agent(
-    *,
-    instructions: str = DEFAULT_INSTRUCTIONS,
-    speech_text: SpeechTextConfig | Mapping[str, Any] | None = None,
-    **kwargs: Any,
-) -> DianaAgent:
-    """The agent, from the suite's (or promoted file's) instructions and speech-text settings."""
-    if speech_text is not None and not isinstance(speech_text, SpeechTextConfig):
-        speech_text = SpeechTextConfig.model_validate(dict(speech_text))
-    return DianaAgent(instructions=instructions, speech_text=speech_text, **kwargs)
+def build_agent(*, instructions: str = DEFAULT_INSTRUCTIONS, **kwargs: Any) -> DianaAgent:
+    """The default agent, from the suite's (or promoted file's) instructions (``kwargs``: e.g. ``chat_ctx``)."""
+    return DianaAgent(instructions=instructions, **kwargs)
+
+
+def speech_text_config(speech_text: SpeechTextConfig | Mapping[str, Any] | None) -> SpeechTextConfig:
+    """The suite's (or promoted file's) ``speech_text`` as a config; ``None``: the defaults."""
+    if isinstance(speech_text, SpeechTextConfig):
+        return speech_text
+    return SpeechTextConfig.model_validate(dict(speech_text or {}))
+
+
+def session_text_transforms(
+    speech_text: SpeechTextConfig | Mapping[str, Any] | None,
+) -> list[TextTransform] | None:
+    """The session's ``tts_text_transforms``: the one clean-up stage, or ``None`` when every step is off."""
+    cfg = speech_text_config(speech_text)
+    if not (cfg.strip_markdown or cfg.strip_emoji or cfg.replacements):
+        return None
+    return [speech_text_transform(cfg)]
 
 
 def build_session(
@@ -208,12 +205,16 @@ def build_session(
     *,
     mode: Literal["text", "voice"] = "text",
     tts_kind: str | None = None,
+    speech_text: SpeechTextConfig | Mapping[str, Any] | None = None,
 ) -> AgentSession:
     """An ``AgentSession`` with the strategy as its LLM; voice mode adds VAD, STT, TTS, turn detection.
 
-    ``tts_text_transforms=None``: the session's default markdown/emoji filters are off because
-    :class:`DianaAgent` applies them itself (once, with the replacements, and switchable).
+    ``speech_text`` (``None``: :class:`SpeechTextConfig`'s defaults) becomes the session's
+    ``tts_text_transforms``, replacing livekit's default markdown/emoji filters: the clean-up runs once,
+    on the text going into whichever agent's ``tts_node`` (an overridden one too), never on the
+    transcript or the chat history, and ``strip_markdown: false`` really keeps markdown.
     """
+    transforms = session_text_transforms(speech_text)
     if mode == "text":
         # manual turn detection and no VAD: typed turns need neither an end-of-turn model nor the default
         # Silero VAD the session would otherwise start (their per-session start-up is pure overhead)
@@ -221,7 +222,7 @@ def build_session(
             vad=None,
             llm=for_session(strategy),
             turn_handling={"turn_detection": "manual", "preemptive_generation": {"enabled": False}},
-            tts_text_transforms=None,
+            tts_text_transforms=transforms,
         )
     cfg = stack.config.turn
     return AgentSession(
@@ -236,5 +237,5 @@ def build_session(
         },
         aec_warmup_duration=None,
         user_away_timeout=None,
-        tts_text_transforms=None,
+        tts_text_transforms=transforms,
     )

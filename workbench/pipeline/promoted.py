@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from workbench.core.io import atomic_write_text
+from workbench.pipeline.agents import AgentFactory
 
 PROMOTED_PATH = Path("worker/promoted.yaml")
 """Default place of the promoted file (relative to the working directory, like ``runs/``)."""
@@ -21,13 +22,22 @@ PROMOTED_FORMAT = 1
 
 
 class AgentSpec(BaseModel):
-    """How the worker builds its agent: the run's instructions and the text clean-up before TTS."""
+    """How the worker builds its agent: the run's instructions or agent factory, and the text clean-up before TTS."""
 
     model_config = ConfigDict(extra="forbid")
 
-    instructions: str | None = None  # None: workbench.pipeline.DEFAULT_INSTRUCTIONS
+    instructions: str | None = None  # None: workbench.pipeline.DEFAULT_INSTRUCTIONS (without a factory)
+    # the suite's `agent:` as written (a file path relative to the working directory): the worker calls it
+    # (workbench.pipeline.agents) for each call's Agent; None: the default agent with `instructions`
+    factory: AgentFactory | None = None
     speech_text: dict[str, Any] | None = None  # SpeechTextConfig fields; None: its defaults
     greeting: str | None = None  # spoken when a caller joins (not part of any measured turn)
+
+    @model_validator(mode="after")
+    def _one_source_of_instructions(self) -> AgentSpec:
+        if self.factory is not None and self.instructions is not None:
+            raise ValueError("give 'instructions' or 'factory', not both: the factory's agent has its own instructions")
+        return self
 
 
 class Promoted(BaseModel):

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -28,6 +28,7 @@ DEFAULT_VARIANT = "default"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 _NAME_RE = re.compile(_NAME)
 _META_TOLERANCE_S = 0.05
+_TOOL = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"  # an OpenAI-style function name
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,18 @@ class SpeechSpan(_Strict):
         return self
 
 
+class ExpectedToolCall(_Strict):
+    """A tool call a turn should make: its name and the arguments that must match.
+
+    ``match``: ``subset`` (default) passes when every argument listed here was given with this value
+    (others may be there too); ``exact`` when the call's arguments are exactly these.
+    """
+
+    name: str = Field(pattern=_TOOL)
+    args: dict[str, Any] = Field(default_factory=dict)
+    match: Literal["subset", "exact"] = "subset"
+
+
 class DatasetTurn(_Strict):
     """One user turn: what the caller says, how it sounds, and what a good answer contains."""
 
@@ -83,6 +96,9 @@ class DatasetTurn(_Strict):
     reference: str = ""
     contexts: list[str] = Field(default_factory=list)
     facts: list[str] = Field(default_factory=list)
+    expect_tools: list[ExpectedToolCall] | None = None  # None: no expectation; []: no tool may be called
+    tool_results: dict[Annotated[str, Field(pattern=_TOOL)], Any] = Field(default_factory=dict)
+    """Tool name -> what that tool returns in this turn instead of running (a tool not listed runs for real)."""
 
     @field_validator("user")
     @classmethod
@@ -105,6 +121,14 @@ class DatasetTurn(_Strict):
                 raise ValueError(f"audio variant name {name!r} must match {_NAME}")
             if not isinstance(path, str):
                 raise ValueError(f"audio variant {name!r}: path must be a string")
+        return v
+
+    @field_validator("tool_results")
+    @classmethod
+    def _results_not_null(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name, value in v.items():
+            if value is None:
+                raise ValueError(f"{name}: null is not a result (give a string or a JSON value)")
         return v
 
     @model_validator(mode="after")
@@ -236,6 +260,8 @@ def file_problem(root: Path, relative: str) -> str | None:
 def _field_name(loc: tuple[Any, ...]) -> str | None:
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for a bad mapping key: the key itself is already in the path
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:

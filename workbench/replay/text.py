@@ -16,6 +16,8 @@ from livekit.agents import llm
 
 from workbench.models import ModelStack
 from workbench.pipeline import build_agent, build_session
+from workbench.pipeline.agents import AgentFactory, build_user_agent
+from workbench.replay.tools import ToolRecorder, expected_tools_cell
 from workbench.strategies.base import Strategy, TurnTrace, count_tokens, error_kind, last_user_message
 
 
@@ -30,6 +32,7 @@ def dataset_row(conv: Any, turn_index: int) -> dict[str, Any]:
         "reference": t.reference,
         "reference_contexts": list(t.contexts or []),
         "facts": list(t.facts or []),
+        "expected_tools": expected_tools_cell(t),
     }
 
 
@@ -89,14 +92,22 @@ async def replay_text(
     history: llm.ChatContext | None = None,
     instructions: str | None = None,
     speech_text: dict[str, Any] | None = None,
+    agent_factory: AgentFactory | None = None,
     turn_timeout_s: float = 60.0,
+    tool_timeout_s: float | None = None,
 ) -> None:
-    """Replay ``conv`` from ``start_turn``; ``emit`` receives one row per finished turn."""
-    agent = build_agent(
-        **({"instructions": instructions} if instructions else {}), speech_text=speech_text, chat_ctx=history
+    """Replay ``conv`` from ``start_turn``; ``emit`` receives one row per finished turn.
+
+    ``tool_timeout_s`` bounds each tool call (None: half of ``turn_timeout_s``, so the model can still answer).
+    """
+    agent = (
+        await build_user_agent(agent_factory, chat_ctx=history)
+        if agent_factory is not None
+        else build_agent(**({"instructions": instructions} if instructions else {}), chat_ctx=history)
     )
-    session = build_session(stack, strategy, mode="text")
+    session = build_session(stack, strategy, mode="text", speech_text=speech_text)
     await session.start(agent)
+    tools = ToolRecorder(session, agent, timeout_s=turn_timeout_s / 2 if tool_timeout_s is None else tool_timeout_s)
     try:
         for i in range(start_turn, len(conv.turns)):
             row = dataset_row(conv, i)
@@ -108,6 +119,7 @@ async def replay_text(
             def prompt(history: llm.ChatContext = history, user: str = conv.turns[i].user) -> str:
                 return f"{agent.instructions}\n{_prompt_text(history)}\n{user}"
 
+            tools.start_turn(getattr(conv.turns[i], "tool_results", None))
             try:
                 async with asyncio.timeout(turn_timeout_s):  # no extra task per turn, unlike wait_for
                     result = await session.run(user_input=conv.turns[i].user)
@@ -122,9 +134,11 @@ async def replay_text(
             trace = strategy.trace_for(user_msg.id) if user_msg else None
             row.update(trace_columns(trace, prompt, answer))
             row["answer"] = answer
+            row.update(tools.columns())
             if failure is not None and not row.get("error_kind"):
                 row["error_kind"], row["error"] = error_kind(failure), str(failure)[:500]
             row.setdefault("llm_total_s", time.perf_counter() - t0)
             emit(row)
     finally:
+        tools.close()
         await session.aclose()

@@ -27,8 +27,10 @@ from livekit.agents.voice import io
 from workbench.core.wer import wer
 from workbench.models import ModelStack
 from workbench.pipeline import build_agent, build_session
+from workbench.pipeline.agents import AgentFactory, build_user_agent
 from workbench.replay.audio import load_audio
 from workbench.replay.text import dataset_row, trace_columns
+from workbench.replay.tools import ToolRecorder
 from workbench.strategies.base import Strategy
 
 RATE = 16000
@@ -221,6 +223,7 @@ async def replay_voice(
     history: llm.ChatContext | None = None,
     instructions: str | None = None,
     speech_text: dict[str, Any] | None = None,
+    agent_factory: AgentFactory | None = None,
     options: Any = None,
 ) -> None:
     """Play ``conv``'s recordings into a full voice session; ``emit`` receives one row per turn."""
@@ -228,11 +231,13 @@ async def replay_voice(
     speed = 1.0 if realtime else 4.0
     turn_timeout = getattr(options, "turn_timeout_s", 60.0)
     tts_kind = getattr(options, "tts", None)
-    mic, speaker = RealtimeMicrophone(speed), PlaybackSpeaker(speed)
-    agent = build_agent(
-        **({"instructions": instructions} if instructions else {}), speech_text=speech_text, chat_ctx=history
+    agent = (
+        await build_user_agent(agent_factory, chat_ctx=history)
+        if agent_factory is not None
+        else build_agent(**({"instructions": instructions} if instructions else {}), chat_ctx=history)
     )
-    session = build_session(stack, strategy, mode="voice", tts_kind=tts_kind)
+    mic, speaker = RealtimeMicrophone(speed), PlaybackSpeaker(speed)
+    session = build_session(stack, strategy, mode="voice", tts_kind=tts_kind, speech_text=speech_text)
     session.input.audio = mic
     session.output.audio = speaker
     ev = _TurnEvents()
@@ -278,6 +283,8 @@ async def replay_voice(
     session.on("error", on_error)
     session.on("close", on_close)
     await session.start(agent)
+    tool_timeout = getattr(options, "tool_timeout_s", None)
+    tools = ToolRecorder(session, agent, timeout_s=turn_timeout / 2 if tool_timeout is None else tool_timeout)
     try:
         for i in range(start_turn, len(conv.turns)):
             row = dataset_row(conv, i)
@@ -296,6 +303,7 @@ async def replay_voice(
             ev.done.clear()
             ev.failure = None
             ev.failed.clear()
+            tools.start_turn(getattr(conv.turns[i], "tool_results", None))
             replies_before, interruptions_before = len(speaker.first_frame_at), speaker.interruptions
             played = mic.play(utt)
             if ev.closed.is_set() or not await _any(_future_event(played), ev.closed, timeout=turn_timeout):
@@ -323,10 +331,12 @@ async def replay_voice(
                 else:
                     row["error_kind"], row["error"] = harness_error
             row["interruptions"] = speaker.interruptions - interruptions_before
+            row.update(tools.columns())
             row["wer"] = wer(row["user_text"], row["transcript"]) if row.get("transcript") else None
             emit(row)
     finally:
         mic.close()
+        tools.close()
         await session.aclose()
 
 

@@ -150,7 +150,7 @@ def _origin(cls: type) -> tuple[str, str]:
 
 def _load_builtins() -> None:
     """Importing a scorer module registers its scorers: the offline ones first, as they always run."""
-    for module in ("offline", "judge", "faults"):
+    for module in ("offline", "tools", "judge", "faults"):
         importlib.import_module(f"workbench.scoring.{module}")
 
 

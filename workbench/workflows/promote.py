@@ -25,6 +25,7 @@ from workbench.analysis.stats import is_error
 from workbench.core.io import jsonable
 from workbench.models.versions import WORKBENCH_DIST, lookup
 from workbench.pipeline import DEFAULT_INSTRUCTIONS, SpeechTextConfig
+from workbench.pipeline.agents import AgentFactory
 from workbench.pipeline.promoted import (
     PROMOTED_PATH,
     AgentSpec,
@@ -135,12 +136,14 @@ def measured_with_from_manifest(manifest: Mapping[str, Any]) -> dict[str, Any] |
 
 
 def _default_agent_spec(suite: Mapping[str, Any]) -> AgentSpec:
-
-    speech = suite.get("speech_text")
-    return AgentSpec(
-        instructions=suite.get("instructions") or DEFAULT_INSTRUCTIONS,
-        speech_text=SpeechTextConfig.model_validate(speech or {}).model_dump(),
-    )
+    """The run's agent: its factory (a file path made portable) or its instructions, and its speech-text settings."""
+    speech = SpeechTextConfig.model_validate(suite.get("speech_text") or {}).model_dump()
+    if suite.get("agent"):
+        factory = AgentFactory.model_validate(suite["agent"])
+        if factory.is_file:
+            factory = factory.with_target(_portable(Path(factory.target)))
+        return AgentSpec(factory=factory, speech_text=speech)
+    return AgentSpec(instructions=suite.get("instructions") or DEFAULT_INSTRUCTIONS, speech_text=speech)
 
 
 def promote(

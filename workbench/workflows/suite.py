@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from workbench.analysis.gates import parse_gates
+from workbench.pipeline.agents import AgentFactory, AgentFactoryError, load_agent_factory
 from workbench.scoring.faults import ALL_FAULTS
 
 
@@ -49,6 +50,9 @@ class Suite(BaseModel):
     conversations: Selection = Field(default_factory=Selection)
     voice: VoiceOptions = Field(default_factory=VoiceOptions)
     instructions: str | None = None  # the agent's instructions; None: the workbench default
+    # your own agent (workbench.pipeline.agents): "module:function", "path/to/file.py:function" (relative to the
+    # suite file) or {use: ..., <keyword args>}; it has its own instructions, so not with `instructions`
+    agent: AgentFactory | None = None
     speech_text: dict[str, Any] | None = None  # text clean-up before TTS (pipeline.SpeechTextConfig); None: defaults
     config: Path | None = None  # workbench config (endpoints, models); None: defaults + environment
     turn_timeout_s: float = 60.0
@@ -60,6 +64,15 @@ class Suite(BaseModel):
     def _valid_gates(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
         parse_gates(v)  # a bad gate fails when the suite loads, naming it; the dicts stay as written
         return v
+
+    @model_validator(mode="after")
+    def _one_source_of_instructions(self) -> Suite:
+        if self.agent is not None and self.instructions is not None:
+            raise ValueError(
+                "`instructions` and `agent` together: the agent factory's Agent has its own instructions "
+                "(drop `instructions`, or pass them to the factory as a keyword argument)"
+            )
+        return self
 
     @field_validator("strategies", mode="before")
     @classmethod
@@ -111,7 +124,7 @@ class FaultSuite(Suite):
     kind: Literal["faults"] = "faults"
     name: str = "faults"
     faults: list[str] = Field(default_factory=lambda: list(ALL_FAULTS))
-    voice_faults: list[str] = Field(default_factory=lambda: ["stt_error", "tts_error", "http_500", "cut"])
+    voice_faults: list[str] = Field(default_factory=lambda: ["stt_error", "tts_error", "http_500", "cut", "cut_clean"])
     timing: FaultTiming = Field(default_factory=FaultTiming)
     concurrency: int | None = Field(8, ge=1)  # text sessions at once
     voice_concurrency: int = Field(4, ge=1)  # real-time voice sessions at once (light fake components)
@@ -145,7 +158,8 @@ def suite_from_dict(data: Any) -> Suite:
 
 
 def load_suite(path: str | Path) -> Suite:
-    """A suite from YAML; relative dataset/config paths are resolved against the suite file's folder first."""
+    """A suite from YAML; relative dataset/config paths and an ``agent`` file path are resolved against the suite
+    file's folder first (when not found from the working directory), and the agent factory is loaded."""
     p = Path(path)
     try:
         data = yaml.safe_load(p.read_text()) or {}
@@ -156,4 +170,13 @@ def load_suite(path: str | Path) -> Suite:
         val = getattr(suite, attr)
         if val is not None and not val.is_absolute() and not val.exists() and (p.parent / val).exists():
             setattr(suite, attr, p.parent / val)
+    if suite.agent is not None:
+        if suite.agent.is_file:
+            f = Path(suite.agent.target)
+            if not f.is_absolute() and not f.exists() and (p.parent / f).exists():
+                suite.agent = suite.agent.with_target(str(p.parent / f))
+        try:
+            load_agent_factory(suite.agent)  # a missing module, file or name fails here; a bad call at run start
+        except AgentFactoryError as e:
+            raise SuiteError(f"{p}: agent: {e}") from e
     return suite
