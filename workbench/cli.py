@@ -214,6 +214,38 @@ def serve_llm(
         console.print("stopped")
 
 
+@serve_app.command("speech")
+def serve_speech(
+    config: ConfigOpt = None,
+    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
+) -> None:
+    """Serve the embedded Whisper and Piper behind OpenAI's audio API until Ctrl-C (docs/speech-server.md)."""
+    from workbench.core.config import STTConfig, TTSConfig
+    from workbench.models.speech_server import SpeechServer
+
+    cfg = _config(config)
+    # a section that builds another component (`use:`) has no embedded model to serve: use the default one
+    stt = cfg.stt if isinstance(cfg.stt, STTConfig) else STTConfig()
+    tts = cfg.tts if isinstance(cfg.tts, TTSConfig) else TTSConfig()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    server = SpeechServer(stt, tts, log_dir=cfg.state_dir / "logs", port=port)
+    info = server.start()
+    console.print(
+        f"serving [bold]{info.stt_model}[/bold] and [bold]{info.tts_model}[/bold] at [bold]{info.base_url}[/bold]"
+        f" (pid {info.pid}); log: {info.log_path}"
+    )
+    console.print(f"use it with: base_url={info.base_url}  stt model=whisper-1  tts model=tts-1 (Ctrl-C to stop)")
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        console.print("stopped")
+
+
 @app.command("promote")
 def promote_cmd(
     run: Annotated[str, typer.Argument(help="Run id (a folder under --runs-dir) or a run folder.")],
