@@ -43,7 +43,7 @@ def no_server_survives() -> Iterator[None]:
     yield
     import gc
 
-    from workbench.models.llm_server import _stop_all
+    from workbench.models.served import _stop_all
 
     gc.collect()
     _stop_all()  # what atexit does; anything still alive after this is a leak

@@ -8,31 +8,18 @@ OpenAI-compatible endpoint.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import socket
-import subprocess
 import sys
 import threading
-import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2
-
 from workbench.core.config import EndpointConfig
 from workbench.models.assets import resolve_gguf
+from workbench.models.served import ManagedServer, free_port
 
 log = logging.getLogger(__name__)
-_LIVE: weakref.WeakSet[LocalLLMServer] = weakref.WeakSet()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -43,10 +30,11 @@ class ServerInfo:
     log_path: Path
 
 
-class LocalLLMServer:
+class LocalLLMServer(ManagedServer):
     """One llama.cpp server process; thread-safe ``ensure_running`` restarts it when needed."""
 
-    host = "127.0.0.1"  # never bind beyond loopback
+    name = "LLM server"
+    log_stem = "llm-server"
 
     def __init__(
         self,
@@ -59,24 +47,22 @@ class LocalLLMServer:
         self.endpoint = endpoint
         self.model_path = resolve_gguf(endpoint.gguf)
         self.model_name = endpoint.model or self.model_path.stem
-        self.port = port or free_port(self.host)
-        self.log_path = Path(log_dir) / f"llm-server-{self.port}.log"
-        self.start_timeout = start_timeout
+        super().__init__(log_dir, port, start_timeout)
         self.restarts = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._watchdog: threading.Thread | None = None
         self._interval = watchdog_interval
-        _LIVE.add(self)
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+    def health_url(self) -> str:
+        return f"{self.base_url}/models"
+
+    def log_header(self) -> str:
+        return self.model_path.name
 
     def command(self) -> list[str]:
         e = self.endpoint
@@ -106,9 +92,6 @@ class LocalLLMServer:
             "False",
         ]
 
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self) -> ServerInfo:
         """Start (or confirm) the server and wait until it answers ``/v1/models``."""
         with self._lock:
@@ -127,42 +110,7 @@ class LocalLLMServer:
     def _spawn(self) -> None:
         if self._proc is not None:  # a previous process died: this is a restart
             self.restarts += 1
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as logf:
-            logf.write(f"\n=== start {time.strftime('%Y-%m-%d %H:%M:%S')} {self.model_path.name}\n".encode())
-            logf.flush()
-            env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_API_SECRET"))}
-            self._proc = subprocess.Popen(
-                self.command(),
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc is None or self._proc.poll() is not None:
-                code = self._proc.returncode if self._proc else None
-                raise RuntimeError(
-                    f"LLM server exited with code {code} while starting; log: {self.log_path}\n" + self._log_tail()
-                )
-            try:
-                if httpx2.get(f"{self.base_url}/models", timeout=1.0).status_code == 200:
-                    return
-            except httpx2.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"LLM server not healthy after {self.start_timeout:.0f}s; log: {self.log_path}")
-
-    def _log_tail(self, n: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        super()._spawn()
 
     def _watch(self) -> None:
         while not self._stopping.wait(self._interval):
@@ -181,27 +129,9 @@ class LocalLLMServer:
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate the server (SIGTERM, then SIGKILL) and stop watching it."""
         self._stopping.set()
-        with self._lock:
-            proc, self._proc = self._proc, None
-        if proc and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        super().stop(timeout)
         if self._watchdog and self._watchdog is not threading.current_thread():
             self._watchdog.join(timeout=2)
 
-    def __enter__(self) -> LocalLLMServer:
-        self.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for server in list(_LIVE):
-        server.stop()
+__all__ = ["LocalLLMServer", "ServerInfo", "free_port"]

@@ -36,18 +36,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import io
 import json
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
 import uuid
 import wave
-import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,10 +55,9 @@ import numpy as np
 from aiohttp import web
 
 from workbench.core.config import STTConfig, TTSConfig
-from workbench.models.llm_server import free_port
+from workbench.models.served import ManagedServer
 
 log = logging.getLogger(__name__)
-_LIVE: weakref.WeakSet[SpeechServer] = weakref.WeakSet()
 
 OUT_RATE = 24000  # what OpenAI's speech API returns and livekit-plugins-openai's TTS decodes
 MAX_UPLOAD = 25 * 1024 * 1024  # OpenAI's transcription upload limit
@@ -442,10 +438,11 @@ class SpeechServerInfo:
     log_path: Path
 
 
-class SpeechServer:
+class SpeechServer(ManagedServer):
     """One speech server process; ``start`` is idempotent and respawns a process that died."""
 
-    host = "127.0.0.1"  # never bind beyond loopback
+    name = "speech server"
+    log_stem = "speech-server"
 
     def __init__(
         self,
@@ -461,14 +458,9 @@ class SpeechServer:
         child, e.g. ``"workbench.models.speech_server:FixedDelayEngines"``."""
         self.stt_config = stt or STTConfig()
         self.tts_config = tts or TTSConfig()
-        self.port = port or free_port(self.host)
-        self.log_path = Path(log_dir) / f"speech-server-{self.port}.log"
-        self.start_timeout = start_timeout
         self.engines, self.engines_args = engines, engines_args or {}
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.RLock()
         self._health: dict[str, str] = {}
-        _LIVE.add(self)
+        super().__init__(log_dir, port, start_timeout)
 
     @property
     def url(self) -> str:
@@ -479,8 +471,15 @@ class SpeechServer:
         return f"{self.url}/v1"
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+    def health_url(self) -> str:
+        return f"{self.url}/health"
+
+    def on_healthy(self, response: Any) -> None:
+        self._health = response.json()
+
+    def child_env(self, env: dict[str, str]) -> dict[str, str]:
+        env.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: models come from installed packages
+        return env
 
     def command(self) -> list[str]:
         return [
@@ -499,9 +498,6 @@ class SpeechServer:
             *(["--engines", self.engines, "--engines-args", json.dumps(self.engines_args)] if self.engines else []),
         ]
 
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self) -> SpeechServerInfo:
         """Start (or confirm) the server and wait until ``/health`` answers, models loaded."""
         with self._lock:
@@ -513,76 +509,6 @@ class SpeechServer:
             return SpeechServerInfo(self.base_url, h["stt"], h["tts"], self._proc.pid, self.log_path)
 
     ensure_running = start
-
-    def _spawn(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as logf:
-            logf.write(f"\n=== start {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-            logf.flush()
-            env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_API_SECRET"))}
-            env.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: models come from installed packages
-            self._proc = subprocess.Popen(
-                self.command(),
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-
-    def _wait_healthy(self) -> None:
-        import httpx2
-
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc is None or self._proc.poll() is not None:
-                code = self._proc.returncode if self._proc else None
-                raise RuntimeError(
-                    f"speech server exited with code {code} while starting; log: {self.log_path}\n" + self._log_tail()
-                )
-            try:
-                r = httpx2.get(f"{self.url}/health", timeout=1.0)
-                if r.status_code == 200:
-                    self._health = r.json()
-                    return
-            except httpx2.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(
-            f"speech server not healthy after {self.start_timeout:.0f}s; log: {self.log_path}\n" + self._log_tail()
-        )
-
-    def _log_tail(self, n: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Terminate the server (SIGTERM, then SIGKILL); the port is free when this returns."""
-        with self._lock:
-            proc, self._proc = self._proc, None
-        if proc and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-
-    def __enter__(self) -> SpeechServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for server in list(_LIVE):
-        server.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
