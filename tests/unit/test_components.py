@@ -115,3 +115,16 @@ def test_a_run_with_a_bad_factory_stops_before_its_folder_exists_and_the_cli_say
     assert res.exit_code == 2, res.output
     assert "livekit-plugins-nosuchvendor" in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_a_suite_names_its_own_components_over_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("tts: {kind: espeak}\nvad: {min_silence_duration: 0.3}\n")
+    suite = Suite(config=tmp_path / "c.yaml", components={"stt": {"use": "livekit.plugins.openai:STT", "model": "x"}})
+    config = suite.workbench_config()
+    assert isinstance(config.stt, Factory) and config.tts.kind == "espeak"  # type: ignore[union-attr]
+    assert config.vad.min_silence_duration == 0.3  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match=r"(?s)components.*stt\.modle"):
+        Suite(components={"stt": {"modle": "base"}})
+    bad = Suite(dataset=make_dataset(tmp_path / "ds"), components={"tts": {"use": "livekit.plugins.nosuchvendor:TTS"}})
+    with pytest.raises(ComponentError, match=r"tts\.use: module 'livekit\.plugins\.nosuchvendor'"):
+        run(bad, runs_dir=tmp_path / "runs", progress=False)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.analysis.gates import ERROR_RATE, Gate, GateResult, evaluate_gates, parse_gates
-from workbench.core.config import load_config
 from workbench.core.io import atomic_write_json
 from workbench.core.run import VERDICT_FILE, resolve_runs_dir
 from workbench.core.schema import COLUMNS
@@ -252,7 +251,7 @@ def run_eval(
         assert faults.verdict is not None  # the suite has gates
         return faults.verdict
     own = stack is None
-    stack = stack or ModelStack(load_config(suite_obj.config))
+    stack = stack or ModelStack(suite_obj.workbench_config())
     try:
         if run is None:
             result = replay_run(suite_obj, run_id=run_id, runs_dir=runs_dir, stack=stack, progress=progress)

@@ -22,7 +22,6 @@ from typing import Any
 import pandas as pd
 
 from workbench.core.aio import run_sync
-from workbench.core.config import load_config
 from workbench.core.run import resolve_runs_dir
 from workbench.core.store import RunStore, new_run_id, read_rows
 from workbench.models import ModelStack
@@ -194,7 +193,9 @@ async def arun(
             return done
         run_id = run_id or new_run_id(suite.name)
         path = runs_dir / run_id
-    config = stack.config if stack is not None else load_config(suite.config)
+    if stack is not None and suite.components:
+        raise SuiteError("the suite's `components` need the runner to build the model stack: pass no `stack`")
+    config = stack.config if stack is not None else suite.workbench_config()
     # what the stack cannot build fails here, before the run folder exists: a factory section, a model package
     check_components(config)
     if (missing := missing_assets(config)) is not None:

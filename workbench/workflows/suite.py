@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workbench.analysis.gates import parse_gates
+from workbench.core.config import WorkbenchConfig, load_config, validation_text
 from workbench.pipeline.agents import AgentFactory, AgentFactoryError, load_agent_factory
 from workbench.scoring.faults import ALL_FAULTS
 
@@ -55,6 +56,8 @@ class Suite(BaseModel):
     agent: AgentFactory | None = None
     speech_text: dict[str, Any] | None = None  # text clean-up before TTS (pipeline.SpeechTextConfig); None: defaults
     config: Path | None = None  # workbench config (endpoints, models); None: defaults + environment
+    # the config's sections this suite replaces, e.g. stt: {use: "livekit.plugins.deepgram:STT", model: nova-3}
+    components: dict[Literal["stt", "tts", "vad", "turn"], dict[str, Any]] = Field(default_factory=dict)
     turn_timeout_s: float = 60.0
     gates: list[dict[str, Any]] = Field(default_factory=list)  # `workbench eval` (workbench.analysis.gates.Gate)
     baseline: str = "plain"
@@ -64,6 +67,23 @@ class Suite(BaseModel):
     def _valid_gates(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
         parse_gates(v)  # a bad gate fails when the suite loads, naming it; the dicts stay as written
         return v
+
+    @field_validator("components")
+    @classmethod
+    def _valid_components(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        try:
+            WorkbenchConfig.model_validate(v)  # a bad section fails when the suite loads, naming its field
+        except ValidationError as e:
+            raise ValueError(validation_text(e)) from e
+        return v
+
+    def workbench_config(self) -> WorkbenchConfig:
+        """The config this suite runs on: its ``config`` file (or the defaults and environment), with the
+        suite's ``components`` replacing those sections whole."""
+        base = load_config(self.config)
+        if not self.components:
+            return base
+        return WorkbenchConfig.model_validate({**base.model_dump(), **self.components})
 
     @model_validator(mode="after")
     def _one_source_of_instructions(self) -> Suite:
