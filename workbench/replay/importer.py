@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from workbench.core.io import atomic_file
 from workbench.replay.audio import load_audio, probe_audio
 from workbench.replay.dataset import (
     AUDIO_DIR,
@@ -204,7 +205,8 @@ def import_session(
                     raise SessionImportError(f"{dest} already exists: pass another --id")
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 clip = np.clip(samples[lo:hi], -1.0, 32767 / 32768)
-                sf.write(dest, np.round(clip * 32768).astype(np.int16), RATE, subtype="PCM_16", format="WAV")
+                with atomic_file(dest) as f:  # a crash leaves no half-written recording behind
+                    sf.write(f, np.round(clip * 32768).astype(np.int16), RATE, subtype="PCM_16", format="WAV")
                 written.append(dest)
                 fields["audio"] = {VARIANT: rel}
                 fields["audio_meta"] = {

@@ -34,6 +34,7 @@ import soundfile as sf
 from workbench.analysis.gates import GateResult
 from workbench.core.aio import run_sync
 from workbench.core.config import EndpointConfig, TurnConfig, WorkbenchConfig
+from workbench.core.io import atomic_file, atomic_write_text
 from workbench.core.run import resolve_runs_dir
 from workbench.core.store import new_run_id
 from workbench.faults.endpoint import Script, ScriptedEndpoint, last_user_text
@@ -96,7 +97,7 @@ def write_fault_dataset(
     """One conversation per fault (its middle turn carries it) and the answer key with each strategy's recovery budget;
     voice faults get tone recordings with a known end of speech."""
     (root / "knowledge").mkdir(parents=True, exist_ok=True)
-    (root / "knowledge" / "hours.md").write_text("# Hours\n\nWe are open 8 am to 6 pm, Monday to Friday.\n")
+    atomic_write_text(root / "knowledge" / "hours.md", "# Hours\n\nWe are open 8 am to 6 pm, Monday to Friday.\n")
     (root / "audio").mkdir(exist_ok=True)
     tones: dict[float, str] = {}
     lines = []
@@ -113,13 +114,14 @@ def write_fault_dataset(
                 pcm = np.concatenate(
                     [np.zeros(int(lead_s * RATE)), tone(freq, speech_s, RATE), np.zeros(int(tail_s * RATE))]
                 ).astype(np.float32)
-                sf.write(root / rel, pcm, RATE, subtype="PCM_16")
+                with atomic_file(root / rel) as f:
+                    sf.write(f, pcm, RATE, subtype="PCM_16", format="WAV")
                 turn["audio"] = {VARIANT: rel}
                 turn["audio_meta"] = {VARIANT: {"speech_start_s": lead_s, "speech_end_s": lead_s + speech_s}}
             turns.append(turn)
         tags = ["faults", f"fault:{fault}"] + (["voice"] if voice else [])
         lines.append(json.dumps({"id": f"fault-{fault}", "tags": tags, "turns": turns}))
-    (root / "conversations.jsonl").write_text("\n".join(lines) + "\n")
+    atomic_write_text(root / "conversations.jsonl", "\n".join(lines) + "\n")
     write_answer_key(root, budgets({n: suite.strategy_config(n) for n in suite.strategies}, suite.slack_s))
     return FaultDataset(root, tones)
 
