@@ -12,7 +12,8 @@ The ``ag2.Agent`` objects themselves hold no conversation state, so one per role
 
 Tools: the agents get no tools from the LiveKit session (``turn.tools`` is not passed). AG2 would execute
 them inside its own loop, outside the session's function-call handling, and the embedded SmolLM2 has no
-tool calling; a turn that needs the session's tools belongs to ``plain``.
+tool calling; a turn that needs the session's tools belongs to ``plain``. A turn whose session has tools says
+so at run time: ``tools_not_passed`` (the tool names) in its trace notes, and one warning per strategy.
 
 Cancellation: each AG2 run happens in its own task; closing our generator cancels it, which interrupts
 the HTTP read wherever it is, and the client closes the response at once so the server stops generating.
@@ -21,6 +22,7 @@ AG2 logs nothing when a run is cancelled (checked on 1.2.1), so unlike the AutoG
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,9 +41,12 @@ from openai.types.chat import ChatCompletionChunk
 from workbench.models import ModelStack, ResolvedEndpoint
 from workbench.strategies.base import StrategyTurn
 from workbench.strategies.bridge import stream_from_task, to_transcript
-from workbench.strategies.pooled import PooledClients, PooledStrategy
+from workbench.strategies.pooled import PooledClients, PooledStrategy, note_tools_not_passed
 from workbench.strategies.registry import register
 from workbench.strategies.teams import EDITOR_ROLE, Ask, Team, TeamConfig, report_accepted, with_role
+
+log = logging.getLogger(__name__)
+
 
 # -- model clients ----------------------------------------------------------------------------------------
 
@@ -193,6 +198,7 @@ class AG2Strategy(PooledStrategy):
             yield token
 
     async def generate(self, turn: StrategyTurn) -> AsyncIterator[str | llm.ChatChunk]:
+        note_tools_not_passed(self, turn, "AG2")
         await self.ready()
         async for token in self.answer(turn, to_ag2(turn.chat_ctx)):
             yield token

@@ -8,6 +8,10 @@ AutoGen keeps no memory of its own between turns or between concurrent sessions.
 Each AutoGen run happens in its own task that pushes streamed tokens into a queue; closing our generator
 cancels the run's ``CancellationToken`` and the task, which cancels the in-flight HTTP read and closes the
 response (so a llama.cpp server stops generating as soon as the caller barges in).
+
+Tools: the agents get no tools from the LiveKit session (``turn.tools`` is not passed): AutoGen would run
+them in its own loop, outside the session's function-call handling. A turn whose session has tools says so
+at run time: ``tools_not_passed`` (the tool names) in its trace notes, and one warning per strategy.
 """
 
 from __future__ import annotations
@@ -34,10 +38,13 @@ from livekit.agents.llm import ChatContext
 from workbench.models import ModelStack
 from workbench.strategies.base import StrategyOptions, StrategyTurn
 from workbench.strategies.bridge import stream_from_task, to_transcript
-from workbench.strategies.pooled import PooledClients, PooledStrategy
+from workbench.strategies.pooled import PooledClients, PooledStrategy, note_tools_not_passed
 from workbench.strategies.rag import RetrievalStrategy, spec_from_keys
 from workbench.strategies.registry import register
 from workbench.strategies.teams import EDITOR_ROLE, ROLES, Ask, Team, TeamConfig, report_accepted, with_role
+
+log = logging.getLogger(__name__)
+
 
 # -- logging ----------------------------------------------------------------------------------------------
 
@@ -258,6 +265,7 @@ class AutoGenStrategy(PooledStrategy):
             yield token
 
     async def generate(self, turn: StrategyTurn) -> AsyncIterator[str | llm.ChatChunk]:
+        note_tools_not_passed(self, turn, "AutoGen")
         await self.ready()
         async for token in self.answer(turn, to_autogen(turn.chat_ctx)):
             yield token

@@ -9,12 +9,17 @@ base both frameworks' strategies share: their ``max_tokens`` key and the clients
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
+from livekit.agents import llm
+
 from workbench.models import ModelStack, ResolvedEndpoint
-from workbench.strategies.base import Strategy, StrategyOptions
+from workbench.strategies.base import Strategy, StrategyOptions, StrategyTurn
+
+log = logging.getLogger(__name__)
 
 W = TypeVar("W")
 
@@ -79,3 +84,22 @@ class PooledStrategy(Strategy):
     async def aclose(self) -> None:
         await self.clients.aclose()
         await super().aclose()
+
+
+def note_tools_not_passed(strategy: Any, turn: StrategyTurn, framework: str) -> None:
+    """Say that this turn's session tools do not reach the framework's agents: ``tools_not_passed`` in the turn's
+    trace (the tool names) and, once per strategy instance, a warning."""
+    names = sorted(llm.ToolContext(turn.tools).function_tools) if turn.tools else []
+    if not names:
+        return
+    turn.trace.notes["tools_not_passed"] = names
+    if not getattr(strategy, "_warned_tools", False):
+        strategy._warned_tools = True
+        log.warning(
+            "strategy %r (%s): the agent's tools %s are not passed to the %s agents, which answer without them "
+            "(docs/strategies.md); use plain or rag to replay tool calls",
+            strategy.name,
+            strategy.kind,
+            ", ".join(names),
+            framework,
+        )
