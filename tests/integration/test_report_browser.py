@@ -76,6 +76,8 @@ def scored_run(tmp_path_factory: pytest.TempPathFactory, stack: Any) -> tuple[Pa
         "ragas_llm": "skipped",
         "livekit_judges": "skipped",
         "faults": "skipped",  # no fault conversations
+        "tool_call_accuracy": "skipped",  # no expected tool calls
+        "tool_args_match": "skipped",
     }
     return runs, root
 
