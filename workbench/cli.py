@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -182,6 +182,19 @@ def doctor(config: ConfigOpt = None) -> None:
         raise typer.Exit(1)
 
 
+def _serve_until_stopped(server: Any) -> None:
+    """Block until Ctrl-C or SIGTERM, then stop the server (its port is free when this returns)."""
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        console.print("stopped")
+
+
 @serve_app.command("llm")
 def serve_llm(
     config: ConfigOpt = None,
@@ -203,15 +216,7 @@ def serve_llm(
         f"serving [bold]{info.model}[/bold] at [bold]{info.base_url}[/bold] (pid {info.pid}); log: {info.log_path}"
     )
     console.print("use it with: base_url=" + info.base_url + f"  model={info.model}  (Ctrl-C to stop)")
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        done.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-        console.print("stopped")
+    _serve_until_stopped(server)
 
 
 @serve_app.command("speech")
@@ -235,15 +240,7 @@ def serve_speech(
         f" (pid {info.pid}); log: {info.log_path}"
     )
     console.print(f"use it with: base_url={info.base_url}  stt model=whisper-1  tts model=tts-1 (Ctrl-C to stop)")
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        done.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-        console.print("stopped")
+    _serve_until_stopped(server)
 
 
 @app.command("promote")
