@@ -116,6 +116,13 @@ def run_suite(
     report: Annotated[
         bool, typer.Option("--report", help="Then score offline and write runs/<id>/report.html.")
     ] = False,
+    executor: Annotated[
+        str | None,
+        typer.Option(help="Where jobs run: inprocess or ray (default: the suite's `executor`, else inprocess)."),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (auto, HOST:PORT); default: start Ray locally.")
+    ] = None,
 ) -> None:
     """Replay a suite's conversations through each strategy; rows land in runs/<run-id>/ as each turn finishes."""
     from rich.markup import escape
@@ -130,8 +137,15 @@ def run_suite(
     if suite is None and resume is None:
         console.print("[red]give a SUITE.yaml, or --resume RUN_ID[/red]")
         raise typer.Exit(2)
+    if executor not in (None, "inprocess", "ray"):
+        console.print(f"[red]--executor is inprocess or ray, not {executor}[/red]")
+        raise typer.Exit(2)
+    if address is not None and executor == "inprocess":
+        console.print("[red]--address is for --executor ray[/red]")
+        raise typer.Exit(2)
+    where = {"kind": executor or ("ray" if address else None), "address": address} if executor or address else None
     try:
-        result = run(suite, resume=resume, run_id=run_id, runs_dir=runs_dir, progress=not quiet)
+        result = run(suite, resume=resume, run_id=run_id, runs_dir=runs_dir, progress=not quiet, executor=where)
     except (RunLockedError, FileNotFoundError, ConfigError, SuiteError) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from e

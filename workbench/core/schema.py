@@ -72,6 +72,14 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "agent_audio_s": ("float64", "duration of the agent's spoken reply"),
     "interruptions": ("int64", "times the agent was interrupted in this turn"),
     "lk_metrics": ("string", "LiveKit's own per-turn metrics (JSON), kept beside ours"),
+    # where the turn ran (workbench.workflows.executors); empty on rows of the in-process executor
+    "executor_node": ("string", "Ray node id of the slot that replayed the turn; None: the driver, in-process"),
+    "executor_slot": ("Int64", "index of the Ray slot (actor) that replayed the turn; empty: in-process"),
+    "slot_load": (
+        "float64",
+        "CPU use of the slot's node while the turn ran, % of all its CPUs (psutil); NaN: in-process. A high value "
+        "flags a latency that other work on the node may have inflated",
+    ),
 }
 
 KEY = ("strategy", "mode", "voice", "conversation_id", "turn_index", "repetition")
@@ -99,6 +107,7 @@ MEASURED: tuple[Metric, ...] = (
     _measured("v2v_s", "voice to voice", "s", "lower"),
     _measured("agent_audio_s", "agent speech", "s", None),  # a long answer is not worse in itself
     _measured("interruptions", "interruptions", "", "lower"),
+    _measured("slot_load", "slot node CPU load", "%", None),  # a condition of the measurement, not an outcome
 )
 """Every numeric column the harness measures (identity columns such as ``turn_index`` are not metrics)."""
 

@@ -3,11 +3,14 @@
 Rows are appended to the run folder the moment each turn finishes (see :mod:`workbench.core.store`);
 ``resume`` skips finished turns and continues a half-finished conversation from its stored history,
 and ``reuse`` hands back the newest complete run of the same suite instead of replaying it.
+
+One runner, two places to run: :func:`replay_job` is the work of one job, and an executor
+(:mod:`workbench.workflows.executors`) decides where jobs run: in this process (the default) or on Ray
+actors, whose rows come back here and are appended to the same store.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import importlib
@@ -22,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from workbench.core.aio import run_sync
+from workbench.core.config import WorkbenchConfig
 from workbench.core.run import resolve_runs_dir
 from workbench.core.store import RunStore, new_run_id, read_rows
 from workbench.models import ModelStack
@@ -52,6 +56,42 @@ class Job:
 
     def key(self, turn_index: int) -> tuple[Any, ...]:
         return (self.strategy, self.mode, self.voice, self.conversation.id, turn_index, self.repetition)
+
+    @property
+    def job_key(self) -> tuple[Any, ...]:
+        """The job's part of a row key: what the store's rows are grouped by to find a job's finished turns."""
+        return (self.strategy, self.mode, self.voice, self.conversation.id, self.repetition)
+
+
+@dataclass
+class Work:
+    """What an executor is handed: the suite, its config and data, every job, the rows already stored (a job
+    continues after its last stored turn), and ``emit(job, row)``, which appends a finished turn to the run."""
+
+    suite: Suite
+    config: WorkbenchConfig
+    stack: ModelStack  # the driver's stack (the in-process executor replays on it)
+    dataset: Any
+    jobs: list[Job]
+    done_rows: dict[tuple[Any, ...], list[dict[str, Any]]]
+    emit: Callable[[Job, dict[str, Any]], None]
+
+    def prior(self, job: Job) -> list[dict[str, Any]]:
+        return self.done_rows.get(job.job_key, [])
+
+    def finish_turn(self, job: Job, row: dict[str, Any]) -> None:
+        """Append a finished turn to the run; a job that is resumed later continues after it."""
+        self.emit(job, row)
+        self.done_rows.setdefault(job.job_key, []).append(row)
+
+    def pending(self, job: Job) -> bool:
+        """The job has turns the store does not hold yet."""
+        return start_turn(job, self.prior(job)) < len(job.conversation.turns)
+
+    @property
+    def concurrency(self) -> int:
+        """Text jobs at once (per slot on Ray): the suite's, else 1 on a local single-slot server, else 8."""
+        return max(1, self.suite.concurrency or (1 if self.config.llm.kind == "local" else 8))
 
 
 @dataclass
@@ -98,7 +138,7 @@ def _jobs(suite: Suite, conversations: list[Any], has_audio: Callable[[Any, str]
     return jobs
 
 
-async def _warm_up(strategies: Any) -> None:
+async def warm_up(strategies: Any) -> None:
     """One unrecorded turn per strategy: loads models and connections so the first measured turn is not a cold start."""
     from livekit.agents import llm
 
@@ -114,7 +154,7 @@ async def _warm_up(strategies: Any) -> None:
 
 
 @contextmanager
-def _heap_frozen() -> Iterator[None]:
+def heap_frozen() -> Iterator[None]:
     """Move what is loaded (models, indexes, libraries) out of the collector's way for the measured turns, so
     a full collection walking it does not pause a turn mid-measurement (0.1-0.45 s seen under load), and hand
     it back afterwards: a frozen object is never collected, and a notebook kernel outlives many runs."""
@@ -129,10 +169,78 @@ def _heap_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
+def build_strategies(suite: Suite, stack: ModelStack) -> dict[str, Strategy]:
+    """The suite's strategies on ``stack`` (its ``imports`` first: your own strategies register on import)."""
+    for module in suite.imports:
+        importlib.import_module(module)
+    knowledge = Path(suite.dataset) / "knowledge"
+    return {name: build(with_knowledge(suite.strategy_config(name), knowledge), stack) for name in suite.strategies}
+
+
+def start_turn(job: Job, prior: list[dict[str, Any]]) -> int:
+    """The first turn of ``job`` the store does not hold (``len(turns)``: the job is done)."""
+    return len(prior) and (max(int(r["turn_index"]) for r in prior) + 1)
+
+
+async def replay_job(
+    job: Job,
+    *,
+    stack: ModelStack,
+    strategy: Strategy,
+    suite: Suite,
+    dataset: Any,
+    prior: list[dict[str, Any]],
+    emit: Callable[[dict[str, Any]], None],
+) -> None:
+    """The work of one job, wherever it runs: replay ``job.conversation`` from its first unstored turn (its
+    history rebuilt from ``prior``, the job's stored rows), calling ``emit(row)`` as each turn finishes."""
+    start = start_turn(job, prior)
+    if start >= len(job.conversation.turns):
+        return
+    history = history_from_rows(prior) if prior else None
+    try:
+        if job.mode == "text":
+            await replay_text(
+                stack,
+                strategy,
+                job.conversation,
+                emit=emit,
+                start_turn=start,
+                history=history,
+                instructions=suite.instructions,
+                speech_text=suite.speech_text,
+                agent_factory=suite.agent,
+                turn_timeout_s=suite.turn_timeout_s,
+            )
+        else:
+            await replay_voice(
+                stack,
+                strategy,
+                job.conversation,
+                dataset=dataset,
+                variant=job.voice,
+                emit=emit,
+                start_turn=start,
+                history=history,
+                instructions=suite.instructions,
+                speech_text=suite.speech_text,
+                agent_factory=suite.agent,
+                options=suite.voice,
+            )
+    except Exception:
+        log.exception("conversation %s (%s, %s) failed", job.conversation.id, job.strategy, job.mode)
+        raise
+
+
+def _suite_key(dumped: Any) -> Any:
+    """A dumped suite without where it ran: the executor changes no result."""
+    return {k: v for k, v in dumped.items() if k != "executor"} if isinstance(dumped, dict) else dumped
+
+
 def _reusable(suite: Suite, runs_dir: Path) -> RunResult | None:
     """The newest complete run of exactly this suite in ``runs_dir``, if there is one."""
-    same = suite.model_dump(mode="json")
-    done = list_runs(runs_dir, filter=lambda r: r.status == "complete" and r.manifest.get("suite") == same)
+    same = _suite_key(suite.model_dump(mode="json"))
+    done = list_runs(runs_dir, filter=lambda r: r.status == "complete" and _suite_key(r.manifest.get("suite")) == same)
     if not done:
         return None
     return RunResult(done[0].run_id, done[0].path, 0, int(done[0].manifest.get("rows") or 0))
@@ -147,6 +255,7 @@ def run(
     stack: ModelStack | None = None,
     progress: bool = True,
     reuse: bool = False,
+    executor: Any = None,
 ) -> RunResult:
     """Run a suite (or finish an interrupted run with ``resume=RUN_ID``) and return where its rows are.
 
@@ -155,7 +264,14 @@ def run(
     """
     return run_sync(
         lambda: arun(
-            suite, resume=resume, run_id=run_id, runs_dir=runs_dir, stack=stack, progress=progress, reuse=reuse
+            suite,
+            resume=resume,
+            run_id=run_id,
+            runs_dir=runs_dir,
+            stack=stack,
+            progress=progress,
+            reuse=reuse,
+            executor=executor,
         ),
         name="workbench-run",
     )
@@ -170,13 +286,18 @@ async def arun(
     stack: ModelStack | None = None,
     progress: bool = True,
     reuse: bool = False,
+    executor: Any = None,
 ) -> RunResult:
     """Replay ``suite`` into a new run folder under ``runs_dir`` (default: :func:`resolve_runs_dir`'s).
 
     ``resume``: a run id or folder to finish instead. ``reuse``: when ``runs_dir`` already holds a complete
     run of exactly this suite, return the newest such run and replay nothing. ``stack``: a model stack to
     share (closed by the caller); by default one is built from the suite's config and closed at the end.
+    ``executor``: where the jobs run (:func:`workbench.workflows.executors.resolve_executor`): None (the suite's
+    ``executor``), ``"inprocess"``, ``"ray"``, a mapping over the suite's options (``{"kind": "ray", "address":
+    ...}``) or an executor object. A resumed run may finish on another executor than it started on.
     """
+    from workbench.workflows.executors import resolve_executor  # its own module: Ray is imported only when chosen
 
     runs_dir = resolve_runs_dir(runs_dir)
     if resume is not None:
@@ -195,6 +316,7 @@ async def arun(
         path = runs_dir / run_id
     if stack is not None and suite.components:
         raise SuiteError("the suite's `components` need the runner to build the model stack: pass no `stack`")
+    chosen = resolve_executor(executor, suite.executor)
     config = stack.config if stack is not None else suite.workbench_config()
     # what the stack cannot build fails here, before the run folder exists: a factory section, a model package
     check_components(config)
@@ -239,80 +361,22 @@ async def arun(
     jobs = _jobs(suite, dataset.conversations, has_audio)
     total = sum(len(j.conversation.turns) for j in jobs)
     skipped = len(existing)
-    strategies: dict[str, Strategy] = {}
-    for module in suite.imports:  # your own strategies register themselves on import
-        importlib.import_module(module)
-    knowledge = Path(suite.dataset) / "knowledge"
-    for name in suite.strategies:
-        strategies[name] = build(with_knowledge(suite.strategy_config(name), knowledge), stack)
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=min(skipped, total), desc=f"run {run_id}", unit="turn", disable=not progress)
     written = 0
 
-    def emit_for(job: Job) -> Callable[[dict[str, Any]], None]:
-        def emit(row: dict[str, Any]) -> None:
-            nonlocal written
-            row.update(run_id=run_id, strategy=job.strategy, mode=job.mode, voice=job.voice, repetition=job.repetition)
-            store.append(row)
-            written += 1
-            bar.update(1)
+    def emit(job: Job, row: dict[str, Any]) -> None:
+        nonlocal written
+        row.update(run_id=run_id, strategy=job.strategy, mode=job.mode, voice=job.voice, repetition=job.repetition)
+        store.append(row)
+        written += 1
+        bar.update(1)
 
-        return emit
-
-    async def do(job: Job, sem: asyncio.Semaphore) -> None:
-        prior = done_rows.get((job.strategy, job.mode, job.voice, job.conversation.id, job.repetition), [])
-        start = len(prior) and (max(r["turn_index"] for r in prior) + 1)
-        if start >= len(job.conversation.turns):
-            return
-        async with sem:
-            history = history_from_rows(prior) if prior else None
-            strategy = strategies[job.strategy]
-            try:
-                if job.mode == "text":
-                    await replay_text(
-                        stack,
-                        strategy,
-                        job.conversation,
-                        emit=emit_for(job),
-                        start_turn=start,
-                        history=history,
-                        instructions=suite.instructions,
-                        speech_text=suite.speech_text,
-                        agent_factory=suite.agent,
-                        turn_timeout_s=suite.turn_timeout_s,
-                    )
-                else:
-                    await replay_voice(
-                        stack,
-                        strategy,
-                        job.conversation,
-                        dataset=dataset,
-                        variant=job.voice,
-                        emit=emit_for(job),
-                        start_turn=start,
-                        history=history,
-                        instructions=suite.instructions,
-                        speech_text=suite.speech_text,
-                        agent_factory=suite.agent,
-                        options=suite.voice,
-                    )
-            except Exception:
-                log.exception("conversation %s (%s, %s) failed", job.conversation.id, job.strategy, job.mode)
-                raise
-
+    work = Work(suite, stack.config, stack, dataset, jobs, done_rows, emit)
     try:
-        text_jobs = [j for j in jobs if j.mode == "text"]
-        voice_jobs = [j for j in jobs if j.mode == "voice"]
-        concurrency = suite.concurrency or (1 if stack.config.llm.kind == "local" else 8)
-        await _warm_up(strategies.values())
-        with _heap_frozen():
-            sem = asyncio.Semaphore(max(1, concurrency))
-            await asyncio.gather(*(do(j, sem) for j in text_jobs))
-            if voice_jobs:  # after text: CPU-heavy voice sessions must not distort text latencies (or each other's)
-                vsem = asyncio.Semaphore(max(1, suite.voice.concurrency))
-                await asyncio.gather(*(do(j, vsem) for j in voice_jobs))
+        await chosen.execute(work)
         rows = store.compact()
         store.update_manifest(status="complete", finished_at=datetime.now(UTC).isoformat(), rows=rows)
     except BaseException:
@@ -320,8 +384,6 @@ async def arun(
         raise
     finally:
         bar.close()
-        for s in strategies.values():
-            await s.aclose()
         store.close()
         if own_stack:
             stack.close()

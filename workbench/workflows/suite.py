@@ -38,6 +38,18 @@ class VoiceOptions(BaseModel):
     turn_timeout_s: float = 60.0
 
 
+class ExecutorOptions(BaseModel):
+    """Where a run's jobs (strategy x mode x voice x conversation x repetition) run: ``inprocess`` (the default,
+    in the runner's own process) or ``ray`` (on Ray actors, one per slot, each with its own model stack)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["inprocess", "ray"] = "inprocess"
+    address: str | None = None  # ray: a running cluster ("auto", "HOST:PORT"); None: start Ray locally
+    slots: int = Field(2, ge=1)  # ray: actors, each with its own model stack
+    cpus_per_slot: float = Field(1.0, gt=0)  # ray: CPUs each slot reserves, so real-time sessions are not starved
+
+
 class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -61,6 +73,7 @@ class Suite(BaseModel):
     turn_timeout_s: float = 60.0
     gates: list[dict[str, Any]] = Field(default_factory=list)  # `workbench eval` (workbench.analysis.gates.Gate)
     baseline: str = "plain"
+    executor: ExecutorOptions = Field(default_factory=ExecutorOptions)  # where jobs run; not part of the results
 
     @field_validator("gates")
     @classmethod
