@@ -269,7 +269,7 @@ async def test_voice_replay_through_the_openai_plugin_classes_adds_up_to_the_kno
     # in its own process, as a real server is (a server thread in this process would share the GIL with the session)
     server = SpeechServer(
         log_dir=tmp_path / "logs",
-        engines="workbench.models.speech_server:FixedDelayEngines",
+        engines="workbench.faults.speech:FixedDelayEngines",
         engines_args={"stt_delay_s": STT_DELAY, "tts_ttfb_s": TTS_TTFB, "texts": texts},
     )
     with server, ScriptedEndpoint(Script(ttft_s=LLM_TTFT, text="Sure.")) as ep:

@@ -163,9 +163,6 @@ class Gate(BaseModel):
         return what + scope
 
 
-GateSpec = Gate  # the name workbench.workflows.promote used first
-
-
 def parse_gates(gates: Sequence[Mapping[str, Any] | Gate] | None) -> list[Gate]:
     """Validate a suite's ``gates:`` list; the first problem is a :class:`GateSpecError` naming the gate."""
     out = []
@@ -526,7 +523,6 @@ __all__ = [
     "ERROR_RATE",
     "Gate",
     "GateResult",
-    "GateSpec",
     "GateSpecError",
     "check_gate",
     "check_regression",

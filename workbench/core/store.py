@@ -22,14 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.core.config import WorkbenchConfig
 from workbench.core.io import atomic_file, atomic_write_json, jsonable
 from workbench.core.run import JOURNAL_FILE, MANIFEST_FILE, TURNS_FILE, RunFolder
 from workbench.core.schema import COLUMNS, KEY
-
-RUNS_DIR: Path = WorkbenchConfig.model_fields["runs_dir"].default
-"""The configured default as written (relative); entry points resolve theirs with
-:func:`workbench.core.run.resolve_runs_dir`, which also reads ``$WORKBENCH_RUNS_DIR``."""
 
 
 class RunLockedError(RuntimeError):

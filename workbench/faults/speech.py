@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -239,3 +239,39 @@ class _FailingToneStream(tts.ChunkedStream):
         t: FailingTTS = self._tts  # type: ignore[assignment]
         await asyncio.sleep(t.ttfb_s)
         raise APIConnectionError("scripted TTS failure", retryable=t.retryable)
+
+
+SPEECH_API_RATE = 24000  # what OpenAI's speech API (and livekit-plugins-openai's TTS) expects
+
+
+class FixedDelayEngines:
+    """Engines of known delay behind the real HTTP API, for latency-validity checks of plugin paths: a
+    transcript (``texts`` in turn, then ``text``) ``stt_delay_s`` after the audio arrives, and the first audio
+    ``tts_ttfb_s`` after the text (a 440 Hz tone, ``seconds_per_word`` a word). Audio under 0.1 s is heard as
+    nothing, as Whisper does, so a warm-up request takes no transcript."""
+
+    stt_model = tts_model = "fixed-delay"
+    language = "en"
+    tts_sample_rate = SPEECH_API_RATE
+
+    def __init__(
+        self,
+        stt_delay_s: float = 0.1,
+        tts_ttfb_s: float = 0.08,
+        texts: list[str] | None = None,
+        text: str = "hello",
+        seconds_per_word: float = 0.05,
+    ) -> None:
+        self.stt_delay_s, self.tts_ttfb_s, self.seconds_per_word = stt_delay_s, tts_ttfb_s, seconds_per_word
+        self.texts, self.text = list(texts or []), text
+
+    def transcribe(self, pcm16k: np.ndarray) -> str:
+        if pcm16k.size < 1600:
+            return ""
+        time.sleep(self.stt_delay_s)
+        return self.texts.pop(0) if self.texts else self.text
+
+    def pcm_chunks(self, text: str, speed: float) -> Iterator[bytes]:
+        time.sleep(self.tts_ttfb_s)
+        n = int(self.seconds_per_word * max(1, len(text.split())) / speed * SPEECH_API_RATE)
+        yield (np.sin(2 * np.pi * 440 * np.arange(n) / SPEECH_API_RATE) * 8000).astype(np.int16).tobytes()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from workbench.core.config import ConfigError, Factory, WorkbenchConfig
+from workbench.models.versions import distribution_of
 
 
 class ComponentError(ConfigError):
@@ -20,10 +21,7 @@ class ComponentError(ConfigError):
 
 
 def _install_hint(module: str) -> str:
-    parts = module.split(".")
-    if parts[:2] == ["livekit", "plugins"] and len(parts) > 2:
-        return f"pip install livekit-plugins-{parts[2].replace('_', '-')}"
-    return f"pip install {parts[0]}"
+    return f"pip install {distribution_of(module) or module.split('.')[0]}"
 
 
 def load_factory(field: str, f: Factory) -> Callable[..., Any]:

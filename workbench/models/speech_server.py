@@ -17,7 +17,7 @@ A model stack points the plugins at it (``url`` below is ``SpeechServer.base_url
 
 or in code, :func:`openai_plugin_components`. Ask the TTS for ``pcm`` (the plugin defaults to
 mp3, which works but is encoded whole before the first byte is sent). ``SpeechServer(engines=...)``
-serves other engines instead, e.g. :class:`FixedDelayEngines` for latency-validity checks of the
+serves other engines instead, e.g. :class:`workbench.faults.speech.FixedDelayEngines` for latency-validity checks of the
 plugin path. The first request in a client process pays ~0.15-0.35 s of lazy imports in the openai
 client (once per process): warm it up before measuring.
 
@@ -119,39 +119,6 @@ class EmbeddedEngines:
 
     def pcm_chunks(self, text: str, speed: float) -> Iterator[bytes]:
         return self._voice(speed * self._tts_config.speed).pcm_chunks(text)
-
-
-class FixedDelayEngines:
-    """Engines of known delay behind the real HTTP API, for latency-validity checks of plugin paths: a
-    transcript (``texts`` in turn, then ``text``) ``stt_delay_s`` after the audio arrives, and the first audio
-    ``tts_ttfb_s`` after the text (a 440 Hz tone, ``seconds_per_word`` a word). Audio under 0.1 s is heard as
-    nothing, as Whisper does, so a warm-up request takes no transcript."""
-
-    stt_model = tts_model = "fixed-delay"
-    language = "en"
-    tts_sample_rate = OUT_RATE
-
-    def __init__(
-        self,
-        stt_delay_s: float = 0.1,
-        tts_ttfb_s: float = 0.08,
-        texts: list[str] | None = None,
-        text: str = "hello",
-        seconds_per_word: float = 0.05,
-    ) -> None:
-        self.stt_delay_s, self.tts_ttfb_s, self.seconds_per_word = stt_delay_s, tts_ttfb_s, seconds_per_word
-        self.texts, self.text = list(texts or []), text
-
-    def transcribe(self, pcm16k: np.ndarray) -> str:
-        if pcm16k.size < 1600:
-            return ""
-        time.sleep(self.stt_delay_s)
-        return self.texts.pop(0) if self.texts else self.text
-
-    def pcm_chunks(self, text: str, speed: float) -> Iterator[bytes]:
-        time.sleep(self.tts_ttfb_s)
-        n = int(self.seconds_per_word * max(1, len(text.split())) / speed * OUT_RATE)
-        yield (np.sin(2 * np.pi * 440 * np.arange(n) / OUT_RATE) * 8000).astype(np.int16).tobytes()
 
 
 class BadRequest(Exception):
@@ -455,7 +422,7 @@ class SpeechServer(ManagedServer):
         engines_args: dict[str, Any] | None = None,
     ) -> None:
         """``engines`` (``"module:callable"``, called with ``engines_args``) replaces the embedded models in the
-        child, e.g. ``"workbench.models.speech_server:FixedDelayEngines"``."""
+        child, e.g. ``"workbench.faults.speech:FixedDelayEngines"``."""
         self.stt_config = stt or STTConfig()
         self.tts_config = tts or TTSConfig()
         self.engines, self.engines_args = engines, engines_args or {}

@@ -100,14 +100,18 @@ def installed_version(package: str) -> str | None:
         return None
 
 
-def factory_record(use: str) -> dict[str, Any]:
-    """A factory component's import path and the distribution (and version) that provides it."""
-    module = use.split(":")[0]
+def distribution_of(module: str) -> str | None:
+    """The distribution that provides ``module`` (``livekit.plugins.x`` -> ``livekit-plugins-x``, which
+    share the ``livekit`` top-level package); None when nothing installed provides it."""
     parts = module.split(".")
     if parts[:2] == ["livekit", "plugins"] and len(parts) > 2:
-        dist: str | None = f"livekit-plugins-{parts[2].replace('_', '-')}"
-    else:
-        dist = next(iter(metadata.packages_distributions().get(parts[0], [])), None)
+        return f"livekit-plugins-{parts[2].replace('_', '-')}"
+    return next(iter(metadata.packages_distributions().get(parts[0], [])), None)
+
+
+def factory_record(use: str) -> dict[str, Any]:
+    """A factory component's import path and the distribution (and version) that provides it."""
+    dist = distribution_of(use.split(":")[0])
     return {"use": use, "package": dist, "version": installed_version(dist) if dist else None}
 
 

@@ -209,8 +209,8 @@ def probe_audio(path: str | os.PathLike[str], *, max_bytes: int = MAX_AUDIO_BYTE
             info = _check_header(p, f, size)
     except AudioLoadError:
         raise
-    except Exception as e:  # libsndfile reports corrupt/unknown files as several error types
-        raise AudioLoadError(p, f"not a readable audio file (corrupt or unsupported format): {e}") from e
+    except Exception as e:
+        raise _open_error(p, e) from e
     if info.frames <= 0:
         raise AudioLoadError(p, "no audio samples in the file")
     return info

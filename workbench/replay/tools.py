@@ -120,6 +120,8 @@ class ToolRecorder:
         self._mocked = set(tool_results or {})
         agent = self._current_agent()
         tools = llm.ToolContext([*agent.tools, *self.session.tools]).function_tools
+        if not tools and not tool_results:  # the usual agent without tools: nothing to wrap, every turn
+            return
         mocks: dict[str, Callable[..., Any]] = {
             name: bounded(name, tool, self.timeout_s) for name, tool in tools.items()
         }
