@@ -12,10 +12,24 @@ from livekit.plugins import openai as lk_openai
 from typer.testing import CliRunner
 
 from workbench.cli import app
-from workbench.core.config import ConfigError, Factory, STTConfig, WorkbenchConfig, load_config
+from workbench.core.config import (
+    ConfigError,
+    EndpointConfig,
+    Factory,
+    LLMFactory,
+    STTConfig,
+    WorkbenchConfig,
+    load_config,
+)
+from workbench.faults.endpoint import Script, ScriptedEndpoint
+from workbench.models import ModelStack
 from workbench.models.components import ComponentError, build_component, check_components, factories
+from workbench.scoring.judge import JudgeLLM
+from workbench.strategies.registry import check_endpoint
 from workbench.testing.worlds import make_dataset
-from workbench.workflows import Suite, run
+from workbench.workflows import Suite, arun, run
+from workbench.workflows.runs import Run
+from workbench.workflows.suite import SuiteError
 
 ENV = {"SPEECH_KEY": "sk-secret-123"}
 
@@ -128,3 +142,70 @@ def test_a_suite_names_its_own_components_over_the_config_file(tmp_path: Path) -
     bad = Suite(dataset=make_dataset(tmp_path / "ds"), components={"tts": {"use": "livekit.plugins.nosuchvendor:TTS"}})
     with pytest.raises(ComponentError, match=r"tts\.use: module 'livekit\.plugins\.nosuchvendor'"):
         run(bad, runs_dir=tmp_path / "runs", progress=False)
+
+
+# -- the LLM endpoint by factory ---------------------------------------------------------------------------------
+
+
+def llm_factory(base_url: str, **extra: object) -> dict[str, object]:
+    """livekit-plugins-openai's own ``LLM`` class named by factory: the same path a hosted vendor's plugin takes."""
+    return {"use": "livekit.plugins.openai:LLM", "base_url": base_url, "model": "scripted-model", **extra}
+
+
+def test_an_llm_section_with_use_is_a_factory_endpoint_checked_like_the_speech_ones() -> None:
+    cfg = WorkbenchConfig.model_validate(
+        {"llm": llm_factory("http://127.0.0.1:9/v1"), "endpoints": {"big": {"use": "livekit.plugins.nosuch:LLM"}}}
+    )
+    assert isinstance(cfg.llm, LLMFactory) and cfg.llm.kind == "factory" and cfg.llm.args["model"] == "scripted-model"
+    assert isinstance(cfg.endpoints["big"], LLMFactory)
+    assert isinstance(WorkbenchConfig().llm, EndpointConfig)  # the embedded llama.cpp endpoint stays the default
+    assert set(factories(cfg)) == {"llm", "endpoints.big"}
+    with pytest.raises(
+        ComponentError, match=r"endpoints\.big\.use: module 'livekit\.plugins\.nosuch' is not installed"
+    ):
+        check_components(cfg)
+    keyed = config(llm=llm_factory("http://127.0.0.1:9/v1", api_key_env="WB_TEST_LLM_KEY"))
+    with pytest.raises(ComponentError, match=r"llm\.api_key_env: environment variable WB_TEST_LLM_KEY is not set"):
+        check_components(keyed, environ={})
+    with pytest.raises(ComponentError, match=r"llm: livekit\.plugins\.openai:LLM does not accept these arguments"):
+        check_components(config(llm=llm_factory("http://127.0.0.1:9/v1", modle="x")))
+
+
+async def test_a_text_run_replays_through_a_factory_built_llm_and_records_what_ran(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WB_TEST_LLM_KEY", "sk-from-env")
+    async with ScriptedEndpoint(Script(text="We open at 8 am.")) as ep:
+        suite = Suite(
+            dataset=make_dataset(tmp_path / "ds", conversations=1, turns=2),
+            strategies={"plain": "plain", "short": {"kind": "plain", "history_tokens": 200}},
+            components={"llm": llm_factory(ep.base_url, api_key_env="WB_TEST_LLM_KEY")},
+        )
+        result = await arun(suite, runs_dir=tmp_path / "runs", progress=False)
+        asked = [json.dumps(r.body) for r in ep.requests]
+        for question in ("question 0.0", "question 0.1"):  # each strategy's turn went out through the plugin
+            assert sum(question in body and "scripted-model" in body for body in asked) >= 2
+    rows = Run.load(result.run_id, tmp_path / "runs").rows
+    assert len(rows) == 4 and rows["error_kind"].isna().all() and (rows["answer"] == "We open at 8 am.").all()
+    manifest = Run.load(result.run_id, tmp_path / "runs").manifest
+    assert manifest["models"]["llm"]["use"] == "livekit.plugins.openai:LLM"
+    assert manifest["models"]["llm"]["package"] == "livekit-plugins-openai"
+    assert "sk-from-env" not in json.dumps(manifest)
+
+
+def test_agent_frameworks_and_the_judge_refuse_a_factory_endpoint_before_anything_runs(tmp_path: Path) -> None:
+    suite = Suite(
+        dataset=make_dataset(tmp_path / "ds"),
+        strategies={"plain": "plain", "team": {"kind": "autogen"}},
+        components={"llm": llm_factory("http://127.0.0.1:9/v1")},
+    )
+    with pytest.raises(SuiteError, match=r"strategies\.team: strategy 'team' \(autogen\) sends OpenAI API requests"):
+        run(suite, runs_dir=tmp_path / "runs", run_id="r1", progress=False)
+    assert not (tmp_path / "runs" / "r1").exists()
+    # on an OpenAI-compatible endpoint of its own, the same strategy is accepted
+    mixed = config(
+        llm=llm_factory("http://127.0.0.1:9/v1"), endpoints={"oa": {"kind": "openai", "base_url": "u", "model": "m"}}
+    )
+    check_endpoint({"kind": "autogen", "endpoint": "oa"}, mixed)
+    with pytest.raises(ConfigError, match="unknown endpoint 'nope'"):
+        check_endpoint({"kind": "plain", "endpoint": "nope"}, mixed)
+    with ModelStack(mixed) as stack, pytest.raises(ConfigError, match="judge endpoint 'default' is a factory"):
+        JudgeLLM.from_endpoint("default", stack=stack)

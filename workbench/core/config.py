@@ -59,6 +59,9 @@ class EndpointConfig(_Model):
     gguf: str = "smollm2"
     n_ctx: int = 2048
     n_threads: int = 2
+    # llama-cpp-python's chat format; None = the GGUF's own template. "chatml-function-calling" parses tool
+    # calls (the GGUF templates render tools but the server returns the call as text)
+    chat_format: str | None = None
     # openai: any OpenAI-compatible server (OpenAI, Ollama, vLLM, a remote llama.cpp)
     base_url: str | None = None
     model: str | None = None
@@ -125,6 +128,26 @@ class Factory(BaseModel):
         return env.get(self.api_key_env) or read_dotenv().get(self.api_key_env) or None
 
 
+class LLMFactory(Factory):
+    """An LLM endpoint built by any factory returning a ``livekit.agents.llm.LLM``, e.g.
+    ``llm: {use: "livekit.plugins.anthropic:LLM", model: claude-haiku-4-5, api_key_env: ANTHROPIC_API_KEY}``.
+
+    The strategies that send through LiveKit's LLM (plain, rag, the wrappers) use it as they use an
+    OpenAI-compatible endpoint; the agent frameworks (AutoGen, AG2) and the LLM judge speak the OpenAI API
+    themselves and refuse it. ``timeout_s`` and ``context_tokens`` are the workbench's, not the factory's.
+    """
+
+    timeout_s: float = 30.0
+    context_tokens: int | None = None  # prompt budget for history; None = 4096
+
+    @property
+    def kind(self) -> Literal["factory"]:
+        return "factory"
+
+    def prompt_budget(self) -> int:
+        return self.context_tokens or 4096
+
+
 def _section(v: Any) -> str:
     return "factory" if isinstance(v, Factory) or (isinstance(v, Mapping) and "use" in v) else "embedded"
 
@@ -158,6 +181,9 @@ STTSection = Annotated[
 TTSSection = Annotated[
     Annotated[Factory, Tag("factory")] | Annotated[TTSConfig, Tag("embedded")], Discriminator(_section)
 ]
+EndpointSection = Annotated[
+    Annotated[LLMFactory, Tag("factory")] | Annotated[EndpointConfig, Tag("embedded")], Discriminator(_section)
+]
 VADSection = Annotated[
     Annotated[Factory, Tag("factory")] | Annotated[VADConfig, Tag("embedded")], Discriminator(_section)
 ]
@@ -181,8 +207,8 @@ class EmbeddingsConfig(_Model):
 
 
 class WorkbenchConfig(_Model):
-    llm: EndpointConfig = Field(default_factory=EndpointConfig)
-    endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
+    llm: EndpointSection = Field(default_factory=EndpointConfig)
+    endpoints: dict[str, EndpointSection] = Field(default_factory=dict)
     stt: STTSection = Field(default_factory=STTConfig)
     tts: TTSSection = Field(default_factory=TTSConfig)
     vad: VADSection = Field(default_factory=VADConfig)
@@ -198,7 +224,7 @@ class WorkbenchConfig(_Model):
         ``os.chdir`` (a notebook's) does not move them; manifests leave both out (they are this machine's)."""
         return v.absolute()
 
-    def endpoint(self, name: str | None = None) -> EndpointConfig:
+    def endpoint(self, name: str | None = None) -> EndpointConfig | LLMFactory:
         """The named endpoint; ``None`` or ``"default"`` is ``llm``."""
         if name in (None, "default"):
             return self.llm

@@ -79,7 +79,8 @@ def build_component(field: str, f: Factory, environ: Mapping[str, str] | None = 
 
 def factories(config: WorkbenchConfig) -> dict[str, Factory]:
     """The config's factory sections by field name."""
-    found = {name: getattr(config, name) for name in ("stt", "tts", "vad")}
+    found = {name: getattr(config, name) for name in ("llm", "stt", "tts", "vad")}
+    found.update({f"endpoints.{name}": ep for name, ep in config.endpoints.items()})
     found["turn.detector"] = config.turn.detector
     return {name: f for name, f in found.items() if isinstance(f, Factory)}
 

@@ -90,6 +90,7 @@ class LocalLLMServer(ManagedServer):
             "False",
             "--verbose",
             "False",
+            *(["--chat_format", e.chat_format] if e.chat_format else []),
         ]
 
     def start(self) -> ServerInfo:

@@ -13,12 +13,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from livekit.agents import llm
 from livekit.agents import stt as lk_stt
 from livekit.agents import tts as lk_tts
 from livekit.agents import vad as lk_vad
 from livekit.plugins import openai as lk_openai
 
-from workbench.core.config import EndpointConfig, Factory, STTConfig, TTSConfig, WorkbenchConfig, load_config
+from workbench.core.config import (
+    ConfigError,
+    EndpointConfig,
+    Factory,
+    LLMFactory,
+    STTConfig,
+    TTSConfig,
+    WorkbenchConfig,
+    load_config,
+)
 from workbench.models import assets
 from workbench.models.assets import MissingAssetError
 from workbench.models.chat_client import chat_client
@@ -28,10 +38,11 @@ from workbench.models.llm_server import LocalLLMServer
 
 @dataclass(frozen=True)
 class ResolvedEndpoint:
-    """Where to send chat requests; ``server`` is set when the workbench manages it."""
+    """Where to send chat requests; ``server`` is set when the workbench manages it. A factory endpoint
+    (``config`` an :class:`LLMFactory`) has no OpenAI URL: its ``base_url`` is the factory's own, if it takes one."""
 
     name: str
-    config: EndpointConfig
+    config: EndpointConfig | LLMFactory
     base_url: str
     model: str
     server: LocalLLMServer | None = None
@@ -42,6 +53,11 @@ class ResolvedEndpoint:
             self.server.ensure_running()
 
 
+def endpoint_field(name: str) -> str:
+    """The config field an endpoint name comes from, for error messages: ``llm`` or ``endpoints.<name>``."""
+    return "llm" if name in ("default", "") else f"endpoints.{name}"
+
+
 def missing_assets(config: WorkbenchConfig) -> MissingAssetError | None:
     """Every model package ``config``'s stack needs that is not installed, as one error; None when all are.
 
@@ -50,7 +66,7 @@ def missing_assets(config: WorkbenchConfig) -> MissingAssetError | None:
     """
     checks: list[Callable[[], object]] = [assets.whisper_dir]
     for ep in [config.llm, *config.endpoints.values()]:
-        if ep.kind == "local":
+        if isinstance(ep, EndpointConfig) and ep.kind == "local":
             checks.append(lambda gguf=ep.gguf: assets.check_gguf(gguf))
     if isinstance(config.stt, STTConfig) and config.stt.model == "base":
         checks.append(assets.whisper_base_packages)
@@ -86,6 +102,9 @@ class ModelStack:
         """Resolve an endpoint, starting the managed llama.cpp server for ``kind: local``."""
         key = name or "default"
         cfg = self.config.endpoint(name)
+        if isinstance(cfg, LLMFactory):
+            args = cfg.args
+            return ResolvedEndpoint(key, cfg, str(args.get("base_url") or ""), str(args.get("model") or cfg.use))
         if cfg.kind == "openai":
             if not cfg.base_url or not cfg.model:
                 raise ValueError(f"endpoint {key!r}: kind 'openai' needs base_url and model")
@@ -113,15 +132,23 @@ class ModelStack:
             per_loop = self._clients.setdefault(loop, {}) if loop is not None else self._sync_clients
             if endpoint.name not in per_loop:
                 c = endpoint.config
+                if isinstance(c, LLMFactory):
+                    raise ConfigError(
+                        f"{endpoint_field(endpoint.name)}: an OpenAI-compatible endpoint is needed here, and this one "
+                        f"is a factory ({c.use}); give this use an endpoint of kind 'local' or 'openai'"
+                    )
                 per_loop[endpoint.name] = chat_client(
                     base_url=endpoint.base_url, api_key=c.api_key(), timeout_s=c.timeout_s, transport=c.transport
                 )
             return per_loop[endpoint.name]
 
-    def llm(self, name: str | None = None) -> lk_openai.LLM:
-        """``livekit.plugins.openai.LLM`` on the endpoint: how every strategy reaches a model."""
+    def llm(self, name: str | None = None) -> llm.LLM:
+        """The endpoint's LiveKit LLM, how every strategy reaches a model: ``livekit.plugins.openai.LLM`` on the
+        pooled client, or what a factory endpoint builds (a new instance per call, like the OpenAI one)."""
         ep = self.endpoint(name)
         c = ep.config
+        if isinstance(c, LLMFactory):
+            return build_component(endpoint_field(ep.name), c)
         body: dict[str, Any] = {"seed": c.seed} if c.seed is not None else {}
         if c.kind == "local":  # llama.cpp's server ignores max_completion_tokens: without this, answers are unbounded
             body["max_tokens"] = c.max_tokens

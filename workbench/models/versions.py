@@ -210,13 +210,16 @@ def model_hashes(config: WorkbenchConfig, state_dir: str | Path | None = None) -
     Nothing is downloaded or assembled; a missing asset is recorded with its error instead of raising,
     so a manifest is still written. ``state_dir`` (default: the config's) holds the hash cache.
     """
+    from workbench.core.config import EndpointConfig, Factory
     from workbench.models import assets
 
     cache = Path(state_dir) if state_dir is not None else machine_cache_dir()
     jobs: list[tuple[str, Any]] = []
     for name, ep in [("llm", config.llm), *((f"llm:{n}", e) for n, e in config.endpoints.items())]:
-        if ep.kind == "local":
+        if isinstance(ep, EndpointConfig) and ep.kind == "local":
             jobs.append((name, lambda ep=ep: _gguf_record(ep, cache)))
+        elif isinstance(ep, Factory):  # what ran is its import path and its package's version
+            jobs.append((name, lambda ep=ep: factory_record(ep.use)))
     for role in ("stt", "tts", "vad"):
         section = getattr(config, role)
         if getattr(section, "use", None):  # a factory: what ran is its import path and its package's version

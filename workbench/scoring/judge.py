@@ -22,7 +22,7 @@ import httpx2
 import pandas as pd
 
 from workbench.core.cells import as_list, as_text
-from workbench.core.config import load_config
+from workbench.core.config import ConfigError, LLMFactory, load_config
 from workbench.core.io import atomic_write_json
 from workbench.core.metrics import METRICS, Metric
 from workbench.models import ModelStack
@@ -154,6 +154,11 @@ class JudgeLLM:
         stack = stack or ModelStack(load_config(config_path))
         try:
             ep = stack.endpoint(name)
+            if isinstance(ep.config, LLMFactory):
+                raise ConfigError(
+                    f"judge endpoint {name!r} is a factory ({ep.config.use}): the judge sends OpenAI API requests, "
+                    "so give it an endpoint of kind 'local' or 'openai'"
+                )
             judge = cls(
                 base_url=ep.base_url,
                 model=ep.model,

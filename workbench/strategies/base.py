@@ -209,6 +209,8 @@ class Strategy(SessionHandles, llm.LLM):
     config: StrategyOptions  # an instance of ``Config``, validated by the registry
     # False: never calls a model itself (extractive, or a wrapper whose inner strategy does), so no endpoint is resolved
     uses_endpoint: ClassVar[bool] = True
+    # True: sends OpenAI API requests itself (an agent framework's client), so a factory endpoint cannot serve it
+    openai_api: ClassVar[bool] = False
     max_traces: ClassVar[int] = 4096
     # backpressure: how far the producer may run ahead of the consumer before generate() is paused
     max_buffered_chunks: int = 64

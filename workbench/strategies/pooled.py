@@ -71,6 +71,7 @@ class PooledStrategy(Strategy):
     """A strategy whose agent framework reaches its endpoint through the stack's :class:`PooledClients`."""
 
     clients_type: ClassVar[type[PooledClients[Any]]]
+    openai_api = True
 
     class Config(StrategyOptions):
         max_tokens: int | None = None  # None: the endpoint's max_tokens

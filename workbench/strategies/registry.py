@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from workbench.core.config import ConfigError, LLMFactory, WorkbenchConfig
 from workbench.models import ModelStack
 from workbench.strategies.base import Strategy, StrategyOptions
 
@@ -89,6 +90,25 @@ def validate(spec: Spec) -> tuple[type[Strategy], str, StrategyOptions]:
         if getattr(cfg, nested, None):
             validate(getattr(cfg, nested))
     return cls, name, cfg
+
+
+def check_endpoint(spec: Spec, config: WorkbenchConfig) -> None:
+    """Raise ``ConfigError`` if ``spec`` (or a strategy nested in it) names an endpoint ``config`` lacks, or puts
+    a strategy that speaks the OpenAI API itself (AutoGen, AG2) on a factory endpoint: found before a run starts."""
+    cls, name, cfg = validate(spec)
+    try:
+        endpoint = config.endpoint(cfg.endpoint)
+    except KeyError as e:
+        raise ConfigError(f"strategy {name!r}: {e.args[0]}") from None
+    if cls.uses_endpoint and cls.openai_api and isinstance(endpoint, LLMFactory):
+        raise ConfigError(
+            f"strategy {name!r} ({cls.kind}) sends OpenAI API requests itself, and its endpoint "
+            f"{cfg.endpoint or 'default'!r} is a factory ({endpoint.use}): give it an endpoint of kind 'local' or "
+            "'openai' (`endpoint:` in the strategy)"
+        )
+    for nested in ("fallback", "inner"):
+        if getattr(cfg, nested, None):
+            check_endpoint(getattr(cfg, nested), config)
 
 
 def with_knowledge(cfg: dict[str, Any], knowledge: Path | str) -> dict[str, Any]:

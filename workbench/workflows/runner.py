@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from workbench.core.aio import run_sync
-from workbench.core.config import WorkbenchConfig
+from workbench.core.config import ConfigError, WorkbenchConfig
 from workbench.core.run import resolve_runs_dir
 from workbench.core.store import RunStore, new_run_id, read_rows
 from workbench.models import ModelStack
@@ -37,7 +37,7 @@ from workbench.replay.dataset import load_dataset
 from workbench.replay.text import history_from_rows, replay_text
 from workbench.replay.voice import has_audio, replay_voice
 from workbench.strategies import Strategy, build
-from workbench.strategies.registry import with_knowledge
+from workbench.strategies.registry import check_endpoint, with_knowledge
 from workbench.workflows.runs import Run, list_runs
 from workbench.workflows.suite import FaultSuite, Selection, Suite, SuiteError, load_suite, suite_from_dict
 
@@ -320,6 +320,15 @@ async def arun(
     config = stack.config if stack is not None else suite.workbench_config()
     # what the stack cannot build fails here, before the run folder exists: a factory section, a model package
     check_components(config)
+    for module in suite.imports:  # your own strategies register on import
+        importlib.import_module(module)
+    for name in suite.strategies:  # an endpoint a strategy names must exist and be one it can send to
+        try:
+            check_endpoint(suite.strategy_config(name), config)
+        except ConfigError as e:
+            raise SuiteError(f"strategies.{name}: {e}") from e
+        except (KeyError, ValueError):  # an unknown kind or a bad key: build() reports it as it always has
+            pass
     if (missing := missing_assets(config)) is not None:
         raise missing
     if suite.agent is not None:  # so does an agent factory that cannot be loaded or called, or returns no Agent

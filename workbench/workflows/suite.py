@@ -69,7 +69,8 @@ class Suite(BaseModel):
     speech_text: dict[str, Any] | None = None  # text clean-up before TTS (pipeline.SpeechTextConfig); None: defaults
     config: Path | None = None  # workbench config (endpoints, models); None: defaults + environment
     # the config's sections this suite replaces, e.g. stt: {use: "livekit.plugins.deepgram:STT", model: nova-3}
-    components: dict[Literal["stt", "tts", "vad", "turn"], dict[str, Any]] = Field(default_factory=dict)
+    # or llm: {use: "livekit.plugins.anthropic:LLM", model: claude-haiku-4-5, api_key_env: ANTHROPIC_API_KEY}
+    components: dict[Literal["llm", "stt", "tts", "vad", "turn"], dict[str, Any]] = Field(default_factory=dict)
     turn_timeout_s: float = 60.0
     gates: list[dict[str, Any]] = Field(default_factory=list)  # `workbench eval` (workbench.analysis.gates.Gate)
     baseline: str = "plain"
