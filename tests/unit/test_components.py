@@ -55,6 +55,9 @@ def test_a_plugin_class_is_built_with_its_arguments_and_the_key_from_the_environ
     stt = build_component("stt", f, ENV)
     assert isinstance(stt, lk_openai.STT)
     assert stt._client.api_key == "sk-secret-123" and str(stt._client.base_url).startswith("http://127.0.0.1:9/v1")
+    # a classmethod factory, as LiveKit's Silero plugin builds its VAD
+    vad = build_component("vad", Factory(use="livekit.plugins.silero:VAD.load", min_silence_duration=0.4))
+    assert type(vad).__name__ == "VAD" and vad._opts.min_silence_duration == 0.4
 
 
 @pytest.mark.parametrize(

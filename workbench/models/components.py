@@ -25,7 +25,7 @@ def _install_hint(module: str) -> str:
 
 
 def load_factory(field: str, f: Factory) -> Callable[..., Any]:
-    """The callable ``f.use`` names."""
+    """The callable ``f.use`` names (``module:name`` or ``module:Class.method``)."""
     module_name, attr = f.use.split(":")
     try:
         module = importlib.import_module(module_name)
@@ -35,7 +35,9 @@ def load_factory(field: str, f: Factory) -> Callable[..., Any]:
         ) from e
     except Exception as e:  # a plugin that fails on import (a missing system library, a version clash)
         raise ComponentError(f"{field}.use: importing {module_name!r} failed: {type(e).__name__}: {e}") from e
-    factory = getattr(module, attr, None)
+    factory: Any = module
+    for part in attr.split("."):  # "VAD.load": a classmethod, as LiveKit's own plugins build some components
+        factory = getattr(factory, part, None)
     if not callable(factory):
         raise ComponentError(f"{field}.use: {module_name!r} has no callable {attr!r}")
     return factory
