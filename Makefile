@@ -57,8 +57,9 @@ chromium:
 	  || echo "WARNING: could not install chromium; the report browser test will be skipped (apt-get install chromium)"; }
 
 # the main job: every strategy on part of the demo dataset, text and real-time voice, on the embedded models
+# (doctor checks the demo's own config: it assembles and sha256-checks the Qwen 0.5B it runs on)
 demo: setup
-	$(BIN)/workbench doctor
+	$(BIN)/workbench doctor --config evals/configs/demo-models.yaml
 	$(BIN)/workbench run evals/demo.yaml --report
 
 test: setup

@@ -19,7 +19,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "datasets" / "dianachat_demo"
-DEMO_CONFIG = REPO / "evals" / "configs" / "demo-models.yaml"
+DEMO_CONFIG = REPO / "evals" / "configs" / "fast-models.yaml"  # SmolLM2: figures about the stack, not the model
 
 
 def write_dataset(root: Path, conversations: int, turns: int) -> Path:
