@@ -21,6 +21,7 @@ from workbench.faults.endpoint import Script, ScriptedEndpoint, ToolCall
 from workbench.models import ModelStack
 from workbench.pipeline.agents import AgentFactory, load_agent_factory
 from workbench.replay.dataset import load_dataset
+from workbench.replay.text import trace_columns
 from workbench.replay.tools import load_calls
 from workbench.strategies.base import Passage
 from workbench.strategies.rag import RagStrategy
@@ -190,6 +191,8 @@ async def test_autogen_and_ag2_record_the_tools_they_do_not_pass(kind, endpoint,
             assert text == "We open at 8 am."
             assert trace.notes["tools_not_passed"] == ["book", "cancel", "check_availability", "reschedule"]
             assert "tools" not in endpoint.chat_requests[-1].body
+            # and the turn table says so (replay's trace columns)
+            assert trace_columns(trace, lambda: "", text)["tools_not_passed"] == trace.notes["tools_not_passed"]
         _, trace = await answer(strategy, [])
     assert "tools_not_passed" not in trace.notes  # no tools, nothing to say
     warnings = [r for r in caplog.records if "not passed" in r.getMessage()]

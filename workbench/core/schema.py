@@ -59,6 +59,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     ),
     "tool_names": ("object", "list[str] names of the tools called, in order"),
     "tool_errors": ("int64", "tool calls of the turn that raised, timed out or were cancelled"),
+    "tools_not_passed": ("object", "list[str] the agent's tools this strategy did not give its model (AutoGen, AG2)"),
     "realtime": ("boolean", "voice audio was paced in real time, so latency columns are valid"),
     # voice mode (NaN in text mode)
     "audio_path": ("string", "user audio file, relative to the dataset"),

@@ -65,6 +65,7 @@ def trace_columns(trace: TurnTrace | None, prompt_text: Callable[[], str], answe
         "partial": trace.partial,
         "recovery_s": trace.notes.get("recovery_s"),
         "history_dropped": trace.history_dropped,
+        "tools_not_passed": trace.notes.get("tools_not_passed"),
     }
 
 
