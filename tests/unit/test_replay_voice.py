@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from workbench.core.schema import CRITICAL_PATH, SLICES, critical_path
 from workbench.faults.endpoint import Script, ScriptedEndpoint
 from workbench.faults.speech import FixedDelaySTT
 from workbench.testing.worlds import (
@@ -43,6 +45,80 @@ async def test_voice_to_voice_adds_up_to_the_known_component_delays(tmp_path: Pa
     assert (df["llm_ttfc_s"] - LLM_TTFT).abs().max() < 0.040
     assert (df["v2v_s"] - expected_v2v).abs().max() < 0.040, (df["v2v_s"].tolist(), expected_v2v)
     assert (df["agent_audio_s"] > 0).all()
+    # every stage of the critical path was measured, so nothing is left unattributed
+    assert df[list(CRITICAL_PATH)].notna().all().all()
+    assert df["unattributed_s"].abs().max() < 0.020
+
+
+# a two-sentence answer: the first chunk after LLM_TTFT, the full stop SENTENCE_TOKENS - 1 gaps later; LiveKit's
+# sentence tokenizer hands the sentence to TTS when the next sentence begins, one gap after the full stop
+GAP = 0.05
+FIRST_SENTENCE = ["Sure", ",", " we", " open", " at", " eight", "."]
+TWO_SENTENCES = [*FIRST_SENTENCE, " Would you like to book a visit?"]
+FIRST_SENTENCE_AFTER = len(FIRST_SENTENCE) * GAP  # after the first chunk
+
+
+async def test_every_critical_path_stage_matches_its_known_delay_and_they_add_up(tmp_path: Path) -> None:
+    """End of turn, STT final, LLM first chunk, LLM first sentence, TTS first audio and playout, each against
+    the delay injected for it, and voice-to-voice as their sum: what the report's breakdown draws."""
+    ds = voice_dataset(tmp_path / "ds", turns=3)
+    stt = FixedDelaySTT(delay_s=STT_DELAY, texts=["question 0", "question 1", "question 2"])
+    with ScriptedEndpoint(Script(ttft_s=LLM_TTFT, tokens=TWO_SENTENCES, gap_s=GAP)) as ep:
+        suite = Suite(dataset=ds, mode="voice", voice=VoiceOptions(variants=["piper"]))
+        res = await arun(suite, runs_dir=tmp_path / "runs", stack=fake_speech_stack(ep, tmp_path, stt), progress=False)
+    df = load_run(res.path)
+    assert len(df) == 3 and df["error_kind"].isna().all(), df[["error_kind", "error"]]
+    print(df[["stt_s", *CRITICAL_PATH, "llm_ttfc_s", "unattributed_s", "v2v_s"]].to_string())
+    expected_eou = VAD_SILENCE + max(STT_DELAY, ENDPOINTING - VAD_SILENCE)
+    known = {
+        "stt_s": VAD_SILENCE + STT_DELAY,
+        "eou_delay_s": expected_eou,
+        "llm_ttfc_s": LLM_TTFT,
+        "llm_ttfs_s": LLM_TTFT + FIRST_SENTENCE_AFTER,
+        "tts_ttfb_s": TTS_TTFB,
+        "v2v_s": expected_eou + LLM_TTFT + FIRST_SENTENCE_AFTER + TTS_TTFB,
+    }
+    for column, value in known.items():
+        assert (df[column] - value).abs().max() < 0.040, (column, df[column].tolist(), value)
+    # the wait for the first sentence, free of the transport both LLM figures share
+    assert ((df["llm_ttfs_s"] - df["llm_ttfc_s"]) - FIRST_SENTENCE_AFTER).abs().max() < 0.020
+    # hand-offs with no injected delay: the hook and scheduling, and the replay's speaker (plays at once)
+    assert df["llm_start_s"].between(0.0, 0.020).all(), df["llm_start_s"].tolist()
+    assert df["playout_s"].between(-0.005, 0.020).all(), df["playout_s"].tolist()
+    # the stages tile voice-to-voice: each starts where the one before ended
+    assert (df[list(CRITICAL_PATH)].sum(axis=1) + df["unattributed_s"] - df["v2v_s"]).abs().max() < 1e-6
+    assert df["unattributed_s"].abs().max() < 0.020
+    # causality: the turn ends only with a transcript, a sentence only after the first chunk
+    assert (df["stt_s"] <= df["eou_delay_s"]).all() and (df["llm_ttfc_s"] < df["llm_ttfs_s"]).all()
+    turn = json.loads(df["lk_metrics"].iloc[0])["turn"]  # LiveKit's own per-turn report, kept beside ours
+    assert {"end_of_turn_delay", "stopped_speaking_at"} <= set(turn["user"])
+    assert {"llm_node_ttft", "llm_node_ttfs", "tts_node_ttfb"} <= set(turn["assistant"])
+
+
+def test_the_critical_path_cuts_voice_to_voice_into_slices_that_add_up() -> None:
+    row = {
+        "v2v_s": 1.0,
+        "stt_s": 0.3,
+        "eou_delay_s": 0.4,
+        "llm_start_s": 0.01,
+        "llm_ttfc_s": 0.15,
+        "llm_ttfs_s": 0.4,
+        "tts_ttfb_s": 0.08,
+        "playout_s": 0.01,
+    }
+    path = critical_path(row)
+    assert path is not None and list(path) == list(SLICES)
+    assert path["stt_s"] == 0.3 and path["eou_after_stt"] == pytest.approx(0.1)
+    assert path["llm_ttfc_s"] == 0.15 and path["llm_sentence_rest"] == pytest.approx(0.25)
+    assert path["unattributed_s"] == pytest.approx(0.1) and sum(path.values()) == pytest.approx(1.0)
+    # a stage not measured is not guessed: its time is unattributed (a row from before the stage columns)
+    old = critical_path({k: v for k, v in row.items() if k not in ("llm_start_s", "llm_ttfs_s", "playout_s")})
+    assert old is not None and old["llm_ttfc_s"] == 0.15 and old["llm_sentence_rest"] == 0.0
+    assert old["unattributed_s"] == pytest.approx(1.0 - 0.4 - 0.15 - 0.08)
+    # a transcript after the decision cannot make the end of turn negative; no reply, no path
+    late = critical_path(row | {"stt_s": 0.6, "llm_ttfs_s": float("nan")})
+    assert late is not None and late["stt_s"] == 0.4 and late["eou_after_stt"] == 0.0
+    assert critical_path(row | {"v2v_s": None}) is None
 
 
 async def test_bad_audio_gives_an_error_row_and_the_conversation_goes_on(tmp_path: Path) -> None:

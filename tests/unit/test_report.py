@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from workbench.analysis.plots import stage_breakdown, stage_means
 from workbench.analysis.report import PLOT_IDS, _audio_tag, build_report
 from workbench.analysis.synthetic import synthetic_run
 from workbench.core.schema import COLUMNS, KEY
@@ -230,3 +231,45 @@ def test_runs_measured_on_different_stacks_get_a_banner_listing_the_differences(
     assert "livekit-agents 1.8.9" in html and "stt model.bin sha256 <code>555555555555</code>" in html
     assert "warning: new and old were measured on different stacks" in res.stdout
     assert "package openai: new 3.63.0, old 2.54.0" in res.stdout
+
+
+def _bar_totals(fig: Any) -> tuple[dict[int, float], list[str]]:
+    """The stacked bars' total width per row, and the legend's labels."""
+    ax = fig.axes[0]
+    totals: dict[int, float] = {}
+    for patch in ax.patches:
+        row = round(patch.get_y() + patch.get_height() / 2)
+        totals[row] = totals.get(row, 0.0) + patch.get_width()
+    return totals, [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_where_the_time_goes_names_every_stage_and_the_stages_add_up_to_voice_to_voice(env: dict[str, Any]) -> None:
+    df = env["df"]
+    totals, labels = _bar_totals(stage_breakdown(df))
+    assert labels == [
+        "STT final",
+        "end of turn (after the transcript)",
+        "LLM request start",
+        "LLM first chunk",
+        "LLM first sentence (after the first chunk)",
+        "TTS first audio",
+        "playout start",
+    ]  # every stage measured: no unattributed slice, and no "other"
+    voice = df[df["mode"] == "voice"]
+    for i, s in enumerate(dict.fromkeys(df["strategy"])):
+        assert totals[i] == pytest.approx(voice.loc[voice["strategy"] == s, "v2v_s"].mean(), abs=0.002), s
+    section = env["html"].split("id='latency'")[1].split("id='quality'")[0]
+    assert "LLM first sentence (after the first chunk)" in section and "voice to voice (mean)" in section
+
+
+def test_a_run_recorded_before_the_stage_columns_shows_its_unmeasured_time_as_unattributed(
+    env: dict[str, Any],
+) -> None:
+    old = env["df"].drop(columns=["llm_start_s", "llm_ttfs_s", "playout_s", "unattributed_s"])
+    totals, labels = _bar_totals(stage_breakdown(old))
+    assert labels[-1] == "unattributed (stages not measured)" and "LLM request start" not in labels
+    means = stage_means(old).set_index("strategy")
+    assert means["unattributed_s"].to_numpy() == pytest.approx(0.05)  # what the synthetic rows leave out
+    voice = old[old["mode"] == "voice"]
+    for i, s in enumerate(dict.fromkeys(old["strategy"])):
+        assert totals[i] == pytest.approx(voice.loc[voice["strategy"] == s, "v2v_s"].mean(), abs=0.002), s

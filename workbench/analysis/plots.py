@@ -1,7 +1,7 @@
 """Plots of a turn table (matplotlib ``Figure`` objects, no pyplot state, so they work headless and in threads).
 
 - :func:`latency_ecdf`: the whole distribution of each latency, one line per strategy (tails matter in voice).
-- :func:`stage_breakdown`: where the voice-to-voice time goes, per strategy (medians on the critical path).
+- :func:`stage_breakdown`: where the voice-to-voice time goes, per strategy (mean stages on the critical path).
 - :func:`quality_latency`: quality vs latency with intervals and the Pareto front (what to ship).
 - :func:`waterfall`: one conversation's turns on a time line, stage by stage.
 """
@@ -18,22 +18,33 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from workbench.analysis.stats import label
+from workbench.core.schema import CRITICAL_PATH, SLICES, critical_path
 
 if TYPE_CHECKING:
     from workbench.analysis.compare import Comparison
 
-STAGE_COLUMNS = ("eou_delay_s", "stt_s", "llm_ttfc_s", "llm_total_s", "tts_ttfb_s", "v2v_s")
-"""The timings :func:`stage_breakdown` takes medians of; every label comes from the metric catalogue."""
 STAGE_COLORS = {
-    "eou_delay_s": "#8da0cb",
     "stt_s": "#bdbdbd",
+    "eou_after_stt": "#8da0cb",
+    "eou_delay_s": "#8da0cb",
+    "llm_start_s": "#e78ac3",
     "llm_ttfc_s": "#fc8d62",
+    "llm_sentence_rest": "#fdae6b",
     "llm_rest": "#fdd0a2",
     "tts_ttfb_s": "#66c2a5",
-    "other": "#e5e5e5",
+    "playout_s": "#ffd92f",
+    "unattributed_s": "#e5e5e5",
     "speech": "#b2df8a",
     "agent_audio": "#cab2d6",
 }
+"""One colour per slice of :data:`workbench.core.schema.SLICES` (and the waterfall's extras)."""
+SLICE_LABELS = {
+    "eou_after_stt": "end of turn (after the transcript)",
+    "llm_sentence_rest": "LLM first sentence (after the first chunk)",
+    "llm_rest": "LLM rest of answer",
+    "unattributed_s": "unattributed (stages not measured)",
+}
+"""Labels of the slices that are not columns; the others come from the metric catalogue."""
 
 
 def strategy_colors(strategies: list[str]) -> dict[str, Any]:
@@ -79,41 +90,69 @@ def latency_ecdf(df: pd.DataFrame, columns: tuple[str, ...] = ("llm_ttfc_s", "ll
     return fig
 
 
-def stage_breakdown(df: pd.DataFrame) -> Figure:
-    """Median time per pipeline stage and strategy, stacked along the critical path.
+def critical_path_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Each voice row with a voice-to-voice figure cut into :data:`SLICES` (seconds), plus its strategy.
 
-    Voice rows: end of turn -> LLM first chunk -> TTS first audio -> the rest of voice-to-voice
-    (playout, scheduling), with STT drawn as a thin bar from the end of speech because it runs
-    alongside end-of-turn detection. Text-only runs: LLM first chunk and the rest of the answer.
+    The same rule the harness uses for ``unattributed_s``, applied here too so runs recorded before the
+    stage columns existed still split (their missing stages show as unattributed).
+    """
+    voice = df[df["mode"] == "voice"] if "mode" in df else df.iloc[0:0]
+    read = [c for c in ("v2v_s", "stt_s", "llm_ttfc_s", *CRITICAL_PATH) if c in voice.columns]
+    rows = []
+    for strategy, record in zip(voice["strategy"].astype(str), voice[read].to_dict("records"), strict=True):
+        path = critical_path(record)
+        if path is not None:
+            rows.append({"strategy": strategy, **path})
+    return pd.DataFrame(rows, columns=["strategy", *SLICES])
+
+
+def stage_means(df: pd.DataFrame) -> pd.DataFrame:
+    """Per strategy: voice turns, the mean of each slice (they add up to ``v2v_mean``) and the median v2v."""
+    path = critical_path_frame(df)
+    if path.empty:
+        return pd.DataFrame(columns=["strategy", "turns", *SLICES, "v2v_mean", "v2v_p50"])
+    g = path.groupby("strategy", sort=False)
+    out = g[list(SLICES)].mean()
+    out.insert(0, "turns", g.size())
+    out["v2v_mean"] = out[list(SLICES)].sum(axis=1)
+    v2v = df[(df["mode"] == "voice") & df["v2v_s"].notna()].groupby(df["strategy"].astype(str))["v2v_s"]
+    out["v2v_p50"] = v2v.median().reindex(out.index)
+    return out.reset_index()
+
+
+def stage_breakdown(df: pd.DataFrame) -> Figure:
+    """Mean time per critical-path stage and strategy, stacked from the end of user speech to playout.
+
+    Voice rows: STT final, the rest of the end of turn, the LLM request start, LLM first chunk, the rest of
+    its first sentence, TTS first audio, playout start, and what no measured stage covers. Means, because
+    they add up: each bar is the strategy's mean voice-to-voice (its median is written beside it).
+    Text-only runs: LLM first chunk and the rest of the answer (medians).
     """
     strategies = _strategies(df)
-    voice = df[df["mode"] == "voice"] if "mode" in df else df.iloc[0:0]
-    has_voice = "v2v_s" in df and voice["v2v_s"].notna().any()
+    means = stage_means(df).set_index("strategy")
+    has_voice = not means.empty
     fig = Figure(figsize=(8.5, 0.75 * len(strategies) + 2.0), layout="constrained")
     ax = fig.add_subplot()
     if not has_voice and not df["llm_ttfc_s"].notna().any():
         return _empty(fig, ax, "no stage timings in this run")
     y = np.arange(len(strategies))
     used: set[str] = set()
-    source = voice if has_voice else df
     for i, s in enumerate(strategies):
-        g = source[source["strategy"] == s]
-        med = {c: float(g[c].median()) if c in g and g[c].notna().any() else 0.0 for c in STAGE_COLUMNS}
         if has_voice:
-            segments = [
-                ("eou_delay_s", med["eou_delay_s"]),
-                ("llm_ttfc_s", med["llm_ttfc_s"]),
-                ("tts_ttfb_s", med["tts_ttfb_s"]),
-            ]
-            rest = med["v2v_s"] - sum(v for _, v in segments)
-            segments.append(("other", max(0.0, rest)))
+            if s not in means.index:
+                continue
+            segments = [(name, float(means.at[s, name])) for name in SLICES]
         else:
+            g = df[df["strategy"] == s]
+            med = {c: float(g[c].median()) if g[c].notna().any() else 0.0 for c in ("llm_ttfc_s", "llm_total_s")}
             segments = [
                 ("llm_ttfc_s", med["llm_ttfc_s"]),
                 ("llm_rest", max(0.0, med["llm_total_s"] - med["llm_ttfc_s"])),
             ]
         left = 0.0
         for name, width in segments:
+            if abs(width) < 0.0005:  # not measured in this run, or nothing to see
+                continue
             ax.barh(
                 i,
                 width,
@@ -121,36 +160,28 @@ def stage_breakdown(df: pd.DataFrame) -> Figure:
                 height=0.55,
                 color=STAGE_COLORS[name],
                 edgecolor="white",
-                label=None if name in used else _stage_label(name),
+                label=None if name in used else stage_label(name),
             )
-            if width > 0.06:
+            if abs(width) > 0.06:
                 ax.text(left + width / 2, i, f"{width:.2f}", ha="center", va="center", fontsize=7)
             used.add(name)
             left += width
-        if has_voice and med["stt_s"] > 0:
-            ax.barh(
-                i + 0.36,
-                med["stt_s"],
-                height=0.12,
-                color=STAGE_COLORS["stt_s"],
-                label=None if "stt_s" in used else _stage_label("stt_s"),
-            )
-            used.add("stt_s")
         if has_voice:
-            ax.plot([med["v2v_s"]], [i], marker="|", ms=18, color="black")
+            total, p50 = means.at[s, "v2v_mean"], means.at[s, "v2v_p50"]
+            ax.text(left, i, f"  {total:.2f} s (p50 {p50:.2f})", va="center", fontsize=7)
     ax.set_yticks(y, strategies)
     ax.invert_yaxis()
-    ax.set_xlabel(
-        "seconds from the end of user speech (medians)" if has_voice else "seconds from the request (medians)"
-    )
-    ax.set_title("Where the time goes" + (" (| = median voice-to-voice)" if has_voice else " (text mode)"))
+    ax.set_xlabel("seconds from the end of user speech (means)" if has_voice else "seconds from the request (medians)")
+    ax.set_title("Where the time goes" + (" (voice to voice, stage by stage)" if has_voice else " (text mode)"))
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=3)
     ax.grid(axis="x", alpha=0.25)
+    ax.margins(x=0.12)
     return fig
 
 
-def _stage_label(name: str) -> str:
-    return {"llm_rest": "LLM rest of answer", "other": "other (playout, scheduling)"}.get(name) or label(name)
+def stage_label(name: str) -> str:
+    """A slice's label: the metric catalogue's for a column, a fixed one for a derived slice."""
+    return SLICE_LABELS.get(name) or label(name)
 
 
 def quality_latency(comparison: Comparison) -> Figure:
@@ -210,7 +241,7 @@ def waterfall(
     repetition: int | None = None,
     strategies: list[str] | None = None,
 ) -> Figure:
-    """One conversation's turns on a time line: user speech, end of turn, STT, LLM, TTS, agent audio.
+    """One conversation's turns on a time line: user speech, each critical-path stage, agent audio.
 
     One row per strategy and turn; x is seconds since the conversation's first turn started
     (``started_at``), so gaps between turns show. Text turns show the LLM request only.
@@ -263,18 +294,15 @@ def waterfall(
         if r["mode"] == "voice" and not math.isnan(num(r.get("speech_end_s"))):
             end = t0 + num(r["speech_end_s"])
             bar(y, t0, num(r["speech_end_s"]), "speech", "user speech")
-            eou = num(r.get("eou_delay_s"))
-            bar(y, end, eou, "eou_delay_s", label("eou_delay_s"))
-            stt = num(r.get("stt_s"))
-            if not math.isnan(stt):
-                bar(y, end, stt, "stt_s", label("stt_s"), height=0.18)
-            llm0 = end + (eou if not math.isnan(eou) else 0.0)
-            ttfc = num(r.get("llm_ttfc_s"))
-            bar(y, llm0, ttfc, "llm_ttfc_s", label("llm_ttfc_s"))
-            tts0 = llm0 + (ttfc if not math.isnan(ttfc) else 0.0)
-            bar(y, tts0, num(r.get("tts_ttfb_s")), "tts_ttfb_s", label("tts_ttfb_s"))
+            path = critical_path(r.to_dict())
             v2v = num(r.get("v2v_s"))
-            if not math.isnan(v2v):
+            if path is None:  # no reply was played: what was measured, from the end of speech
+                bar(y, end, num(r.get("eou_delay_s")), "eou_delay_s", label("eou_delay_s"))
+            else:
+                x = end
+                for name in SLICES:  # the critical path, stage after stage, up to the first frame played
+                    bar(y, x, path[name], name, stage_label(name))
+                    x += path[name]
                 bar(y, end + v2v, num(r.get("agent_audio_s")), "agent_audio", "agent speaking")
                 ax.plot([end + v2v], [y], marker="|", ms=12, color="black")
                 ax.text(end + v2v, y - 0.38, f"{v2v:.2f}s", fontsize=7, ha="center")

@@ -25,6 +25,7 @@ from workbench.analysis.stats import score_columns
 from workbench.core.cells import as_list, as_text
 from workbench.core.io import atomic_write_text
 from workbench.core.run import REPORT_FILE
+from workbench.core.schema import SLICES
 from workbench.models.versions import stack_differences
 from workbench.scoring.facts import missed_facts
 from workbench.scoring.judge import judged_columns
@@ -165,6 +166,18 @@ def _latency_view(lat: pd.DataFrame) -> pd.DataFrame:
             for a, b, d in zip(lat[f"{c}_p50"], lat[f"{c}_p90"], lat[f"{c}_p95"], strict=True)
         ]
     return out
+
+
+def _stage_table(df: pd.DataFrame) -> str:
+    """The breakdown's numbers: mean seconds per stage and strategy, voice turns only (nothing without them)."""
+    means = plots.stage_means(df)
+    if means.empty:
+        return ""
+    view = means.rename(columns={c: plots.stage_label(c) for c in SLICES} | {"v2v_mean": "voice to voice (mean)"})
+    view = view.rename(columns={"v2v_p50": "voice to voice (p50)"})
+    return "<p>Mean seconds per stage (voice turns); the stages add up to the mean voice to voice.</p>" + _table(
+        view, digits=3
+    )
 
 
 def _audio_tag(dataset: Path | None, rel: Any, max_bytes: int) -> str:
@@ -438,8 +451,11 @@ def render_report(
             + _figure(
                 "plot-stage-breakdown",
                 plots.stage_breakdown(df),
-                "Median stage times per strategy along the critical path (STT runs alongside end-of-turn detection).",
+                "Mean time of each critical-path stage per strategy, from the end of user speech to the first "
+                "agent audio played: the stages add up to voice-to-voice (docs/latency.md says how each is "
+                "measured; 'unattributed' is time of stages a row could not measure).",
             )
+            + _stage_table(df)
         ),
     )
     section(

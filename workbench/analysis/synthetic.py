@@ -139,6 +139,11 @@ def synthetic_run(
                             transcript=q.lower(),
                             wer=0.0,
                             tts_ttfb_s=tts,
+                            # the critical path: request start, the first sentence's rest and playout make the 50 ms
+                            llm_start_s=0.004,
+                            llm_ttfs_s=ttfc + 0.04,
+                            playout_s=0.006,
+                            unattributed_s=0.0,
                             v2v_s=eou + ttfc + tts + 0.05,
                             agent_audio_s=3.0 + 2 * recall,
                         )
@@ -172,6 +177,7 @@ def degrade(
         d[c] = d[c] * slow
     if "v2v_s" in d:
         d["v2v_s"] = d["v2v_s"] + d["llm_ttfc_s"] * (1 - 1 / slow)
+        d["llm_ttfs_s"] = d["llm_ttfs_s"] + d["llm_ttfc_s"] * (1 - 1 / slow)  # the slower first chunk delays it
     lose = rng.random(n) < recall_drop
     d.loc[lose, "fact_recall"] = np.maximum(0.0, d.loc[lose, "fact_recall"] - 0.5)
     d["semantic_similarity"] = np.clip(d["semantic_similarity"] - 0.1 * lose, 0, 1)

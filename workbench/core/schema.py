@@ -7,9 +7,14 @@ columns are empty on rows replayed faster than real time (``realtime`` is False)
 
 The measured columns' metrics (label, unit, which way is better) are declared at the end of this
 module into the catalogue of :mod:`workbench.core.metrics`, where analysis and gates read them.
+Voice latency columns split voice-to-voice into stages (:data:`CRITICAL_PATH`, :func:`critical_path`).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
 
 from workbench.core.metrics import Direction, Metric, declare
 
@@ -64,27 +69,106 @@ COLUMNS: dict[str, tuple[str, str]] = {
     # voice mode (NaN in text mode)
     "audio_path": ("string", "user audio file, relative to the dataset"),
     "speech_end_s": ("float64", "end of user speech, seconds into the turn's audio (from the recording)"),
-    "eou_delay_s": ("float64", "end of user speech to the end-of-turn decision"),
+    "eou_delay_s": ("float64", "end of user speech to the end-of-turn decision (LiveKit's, when it reports one)"),
     "transcript": ("string", "what STT heard"),
     "wer": ("float64", "word error rate of transcript vs user_text (number and case normalised)"),
-    "stt_s": ("float64", "end of user speech to final transcript"),
-    "tts_ttfb_s": ("float64", "first text into TTS to first audio byte out"),
+    "stt_s": ("float64", "end of user speech to the final transcript the end of turn used (runs inside eou_delay_s)"),
+    "llm_start_s": (
+        "float64",
+        "end-of-turn decision to the LLM request: the agent's on_user_turn_completed hook and scheduling "
+        "(in a tool-calling turn, also the steps before the one whose words were spoken first)",
+    ),
+    "llm_ttfs_s": (
+        "float64",
+        "LLM request to its first sentence handed to TTS (LiveKit's llm_node_ttfs, anchored on the request as "
+        "llm_ttfc_s is): what TTS waits for; holds llm_ttfc_s",
+    ),
+    "tts_ttfb_s": ("float64", "first sentence into TTS to its first audio out"),
+    "playout_s": ("float64", "TTS first audio to the first agent frame played: forwarding and output buffering"),
+    "unattributed_s": (
+        "float64",
+        "v2v_s minus the critical-path stages (CRITICAL_PATH); about 0 when every stage was measured, else the "
+        "time of the stages that were not",
+    ),
     "v2v_s": ("float64", "voice-to-voice: end of user speech to first agent audio frame played"),
     "agent_audio_s": ("float64", "duration of the agent's spoken reply"),
     "interruptions": ("int64", "times the agent was interrupted in this turn"),
-    "lk_metrics": ("string", "LiveKit's own per-turn metrics (JSON), kept beside ours"),
+    "lk_metrics": (
+        "string",
+        "LiveKit's own metrics (JSON), kept beside ours: its metric events by type, and under 'turn' the user "
+        "and assistant messages' per-turn metrics",
+    ),
     # where the turn ran (workbench.workflows.executors); empty on rows of the in-process executor
     "executor_node": ("string", "Ray node id of the slot that replayed the turn; None: the driver, in-process"),
     "executor_slot": ("Int64", "index of the Ray slot (actor) that replayed the turn; empty: in-process"),
     "slot_load": (
         "float64",
-        "CPU use of the slot's node while the turn ran, % of all its CPUs (psutil); NaN: in-process. A high value "
-        "flags a latency that other work on the node may have inflated",
+        "CPU use of the slot's own process and its children (its LLM server) while the turn ran, % of one CPU "
+        "(psutil; 150 = 1.5 CPUs); NaN: in-process. Work of the slot's concurrent jobs counts too",
+    ),
+    "node_load": (
+        "float64",
+        "CPU use of the slot's node while the turn ran, % of all its CPUs (psutil); NaN: in-process. High with a "
+        "low slot_load flags a latency that other work on the node may have inflated",
     ),
 }
 
 KEY = ("strategy", "mode", "voice", "conversation_id", "turn_index", "repetition")
 """The columns that identify a row: resume skips rows whose key is already stored."""
+
+CRITICAL_PATH = ("eou_delay_s", "llm_start_s", "llm_ttfs_s", "tts_ttfb_s", "playout_s")
+"""Voice-to-voice as consecutive stages from the end of user speech: ``v2v_s`` is their sum plus
+``unattributed_s``. Two more stages nest inside them, because each waits for the other: ``stt_s`` in
+``eou_delay_s`` (the turn ends only with a transcript) and ``llm_ttfc_s`` in ``llm_ttfs_s`` (a sentence
+starts with the first chunk). docs/latency.md explains how each is measured."""
+
+SLICES = (
+    "stt_s",
+    "eou_after_stt",
+    "llm_start_s",
+    "llm_ttfc_s",
+    "llm_sentence_rest",
+    "tts_ttfb_s",
+    "playout_s",
+    "unattributed_s",
+)
+"""The slices :func:`critical_path` cuts voice-to-voice into, in time order."""
+
+
+def _seconds(v: Any) -> float | None:
+    """A measured figure, or None for a missing one (None, NaN, pd.NA)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def critical_path(row: Mapping[str, Any]) -> dict[str, float] | None:
+    """A voice row's voice-to-voice cut into consecutive :data:`SLICES` that add up to it exactly.
+
+    One rule for the harness (``unattributed_s``) and the report's breakdown, so the two cannot disagree.
+    A stage missing on the row counts 0 and its time lands in ``unattributed_s``; without ``llm_ttfs_s`` the
+    first chunk still counts. None when the row has no voice-to-voice figure.
+    """
+    v2v = _seconds(row.get("v2v_s"))
+    if v2v is None:
+        return None
+    eou = _seconds(row.get("eou_delay_s")) or 0.0
+    stt = min(max(_seconds(row.get("stt_s")) or 0.0, 0.0), max(eou, 0.0))
+    ttfc, ttfs = _seconds(row.get("llm_ttfc_s")), _seconds(row.get("llm_ttfs_s"))
+    first_chunk = (ttfc or 0.0) if ttfs is None else min(max(ttfc or 0.0, 0.0), max(ttfs, 0.0))
+    out = {
+        "stt_s": stt,
+        "eou_after_stt": eou - stt,
+        "llm_start_s": _seconds(row.get("llm_start_s")) or 0.0,
+        "llm_ttfc_s": first_chunk,
+        "llm_sentence_rest": 0.0 if ttfs is None else ttfs - first_chunk,
+        "tts_ttfb_s": _seconds(row.get("tts_ttfb_s")) or 0.0,
+        "playout_s": _seconds(row.get("playout_s")) or 0.0,
+    }
+    out["unattributed_s"] = v2v - sum(out.values())
+    return out
 
 
 def _measured(name: str, label: str, unit: str, direction: Direction | None, headline: bool = False) -> Metric:
@@ -104,11 +188,16 @@ MEASURED: tuple[Metric, ...] = (
     _measured("eou_delay_s", "end of turn", "s", "lower"),
     _measured("wer", "word error rate", "", "lower", headline=True),
     _measured("stt_s", "STT final", "s", "lower"),
+    _measured("llm_start_s", "LLM request start", "s", "lower"),
+    _measured("llm_ttfs_s", "LLM first sentence", "s", "lower"),
     _measured("tts_ttfb_s", "TTS first audio", "s", "lower"),
+    _measured("playout_s", "playout start", "s", "lower"),
+    _measured("unattributed_s", "unattributed", "s", None),  # a check on the measurement, not an outcome
     _measured("v2v_s", "voice to voice", "s", "lower"),
     _measured("agent_audio_s", "agent speech", "s", None),  # a long answer is not worse in itself
     _measured("interruptions", "interruptions", "", "lower"),
-    _measured("slot_load", "slot node CPU load", "%", None),  # a condition of the measurement, not an outcome
+    _measured("slot_load", "slot CPU load", "%", None),  # a condition of the measurement, not an outcome
+    _measured("node_load", "slot node CPU load", "%", None),
 )
 """Every numeric column the harness measures (identity columns such as ``turn_index`` are not metrics)."""
 

@@ -24,6 +24,8 @@ from livekit import rtc
 from livekit.agents import llm
 from livekit.agents.voice import io
 
+from workbench.core.schema import critical_path
+from workbench.core.types import TurnTrace
 from workbench.core.wer import wer
 from workbench.models import ModelStack
 from workbench.pipeline import build_agent, build_session
@@ -352,16 +354,65 @@ def _voice_columns(
     answer = " ".join(m.text_content or "" for m in ev.assistant).strip()
     trace = strategy.trace_for(ev.user_msg.id) if ev.user_msg is not None else None
     out = trace_columns(trace, lambda: transcript, answer) if trace is not None else {}
-    out.update(answer=answer, transcript=transcript, lk_metrics=json.dumps(ev.lk, default=str))
+    user_metrics = dict(ev.user_msg.metrics or {}) if ev.user_msg is not None else {}
+    assistant_metrics = dict(ev.assistant[0].metrics or {}) if ev.assistant else {}
+    # LiveKit's per-turn report beside its metric events: the stages below are read from it
+    lk = {**ev.lk, "turn": {"user": user_metrics, "assistant": assistant_metrics}}
+    out.update(answer=answer, transcript=transcript, lk_metrics=json.dumps(lk, default=str))
     first = speaker.first_frame_at[replies_before] if len(speaker.first_frame_at) > replies_before else None
     out["agent_audio_s"] = sum(speaker.durations[replies_before:]) if first is not None else None
-    assistant_metrics = ev.assistant[0].metrics if ev.assistant else {}
     if not realtime:  # functional check only: no latency figures
         for k in ("llm_ttfc_s", "llm_total_s", "recovery_s"):
             out[k] = None
         return out
-    out["eou_delay_s"] = ev.user_committed_at - speech_end_at if ev.user_committed_at else None
-    out["stt_s"] = ev.finals[-1][0] - speech_end_at if ev.finals else None
-    out["tts_ttfb_s"] = (assistant_metrics or {}).get("tts_node_ttfb")
-    out["v2v_s"] = first - speech_end_at if first is not None else None
+    out.update(_stages(ev, user_metrics, assistant_metrics, trace, speech_end_at, first, out.get("llm_ttfc_s")))
     return out
+
+
+def _stages(
+    ev: _TurnEvents,
+    user_metrics: dict[str, Any],
+    assistant_metrics: dict[str, Any],
+    trace: TurnTrace | None,
+    speech_end_at: float,
+    first_frame_at: float | None,
+    llm_ttfc_s: float | None,
+) -> dict[str, Any]:
+    """The critical path's stages (schema.CRITICAL_PATH), each from the instrument that sees it best.
+
+    Wall-clock instants (time.time) are ours or LiveKit's events; the LLM's request is the strategy's trace
+    (perf_counter, moved onto the wall clock here); LiveKit's node metrics give the intervals in between.
+    """
+    decided_at = _end_of_turn_at(user_metrics) or ev.user_committed_at
+    # the transcript the turn was ended on: a final arriving after the decision belongs to what follows
+    finals = [t for t, _ in ev.finals if decided_at is None or t <= decided_at + 0.001] or [t for t, _ in ev.finals]
+    ttft, ttfs = assistant_metrics.get("llm_node_ttft"), assistant_metrics.get("llm_node_ttfs")
+    tts_ttfb = assistant_metrics.get("tts_node_ttfb")
+    # both of LiveKit's figures count from its llm_node start: their difference moves onto the request
+    anchored = ttfs is not None and ttft is not None and llm_ttfc_s is not None
+    llm_ttfs = llm_ttfc_s + (ttfs - ttft) if anchored else ttfs
+    requested_at = trace.started + (time.time() - time.perf_counter()) if trace is not None else None
+    out: dict[str, Any] = {
+        "eou_delay_s": decided_at - speech_end_at if decided_at is not None else None,
+        "stt_s": finals[-1] - speech_end_at if finals else None,
+        "llm_start_s": requested_at - decided_at if requested_at is not None and decided_at is not None else None,
+        "llm_ttfs_s": llm_ttfs,
+        "tts_ttfb_s": tts_ttfb,
+        "v2v_s": first_frame_at - speech_end_at if first_frame_at is not None else None,
+        "playout_s": None,
+    }
+    if None not in (requested_at, llm_ttfs, tts_ttfb, first_frame_at):
+        out["playout_s"] = first_frame_at - (requested_at + llm_ttfs + tts_ttfb)  # type: ignore[operator]
+    path = critical_path(out | {"llm_ttfc_s": llm_ttfc_s})
+    out["unattributed_s"] = path["unattributed_s"] if path is not None else None
+    return out
+
+
+def _end_of_turn_at(user_metrics: dict[str, Any]) -> float | None:
+    """When LiveKit decided the user's turn was over (wall clock), from the user message's metrics.
+
+    Earlier than the user message reaching the history: that waits for on_user_turn_completed and scheduling,
+    while the reply's LLM request may already be on its way.
+    """
+    stopped, delay = user_metrics.get("stopped_speaking_at"), user_metrics.get("end_of_turn_delay")
+    return float(stopped) + float(delay) if stopped and delay is not None else None
