@@ -177,7 +177,7 @@ async def test_a_cut_stream_in_a_voice_call_is_recorded_partial_and_recovered(tm
     """The fault suite's ``cut_clean`` conversation, replayed in text and in real-time voice mode."""
     shipped = load_suite(SUITE_FILE)
     assert isinstance(shipped, FaultSuite) and "cut_clean" in shipped.faults and "cut_clean" in shipped.voice_faults
-    suite = shipped.model_copy(update={"faults": ["cut_clean"], "voice_faults": ["cut_clean"]})
+    suite = shipped.model_copy(update={"faults": ["cut_clean"], "voice_faults": ["cut_clean"], "turn_taking": []})
     res = await arun_faults(suite, runs_dir=tmp_path)
     assert res.passed, res.table[["strategy", "mode", "problems"]]
     table = res.table.set_index(["strategy", "mode"])

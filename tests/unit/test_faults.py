@@ -46,8 +46,11 @@ def _quiet(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def shipped_suite(**changes: object) -> FaultSuite:
+    """The shipped suite; narrowed to some ``faults``, it leaves out the barge-in checks unless they are named."""
     suite = load_suite(SUITE_FILE)
     assert isinstance(suite, FaultSuite)
+    if "faults" in changes:
+        changes.setdefault("turn_taking", [])
     return suite.model_copy(update=changes)
 
 
@@ -302,3 +305,42 @@ async def test_a_tts_failure_after_the_first_sentence_is_recorded_with_what_was_
     assert df.loc[0, "error_kind"] == "tts_error" and df.loc[0, "v2v_s"] < 1.5  # the first sentence was heard
     assert 0 < df.loc[0, "agent_audio_s"] < df.loc[1, "agent_audio_s"]  # ... and only it
     assert pd.isna(df.loc[1, "error_kind"]) and tts.failures == 1
+
+
+async def test_turn_taking_checks_yield_to_a_barge_in_and_talk_through_noise(tmp_path: Path) -> None:
+    """The shipped suite's barge-in conversations, alone: the agent yields to the caller in time, talks through
+    a short noise burst, and the call goes on in both."""
+    assert shipped_suite().turn_taking == ["barge_in", "noise"]
+    strategies = {"plain": shipped_suite().strategies["plain"]}
+    suite = shipped_suite(
+        faults=[], voice_faults=[], turn_taking=["barge_in", "noise"], strategies=strategies, gates=[]
+    )
+    res = await arun_faults(suite, runs_dir=tmp_path)
+    print(res.table[["fault", "mode", "outcome", "heard_s", "budget_s", "problems"]].to_string())
+    assert res.passed, res.table[["fault", "mode", "problems"]]
+    voice = res.table[res.table["mode"] == "voice"].set_index("fault")
+    assert voice.loc["barge_in", "outcome"].startswith("yielded after") and voice.loc["barge_in", "budget_s"] == 1.0
+    assert voice.loc["noise", "outcome"] == "talked through"
+    df = load_run(res.path)
+    noise = df[(df["mode"] == "voice") & (df["conversation_id"] == "fault-noise")].set_index("turn_index")
+    assert noise.loc[FAULT_TURN, "answer"] == "" and not noise.loc[FAULT_TURN, "yielded"]
+    assert noise.loc[FAULT_TURN + 1, "answer"] == "You said: Thanks, and where do I park?"
+
+
+@pytest.mark.parametrize(
+    ("fault", "fault_row", "problem"),
+    [
+        ("barge_in", {"yielded": True, "yield_s": 0.55}, ""),
+        ("barge_in", {"yielded": False, "yield_s": None}, "the agent did not yield (yielded=False)"),
+        ("barge_in", {"yielded": True, "yield_s": 1.4}, "yielded after 1.4 s > 1.00 s"),
+        ("noise", {"yielded": False, "answer": ""}, ""),
+        ("noise", {"yielded": True, "false_interruption": True, "answer": ""}, "false interruption"),
+    ],
+)
+def test_turn_taking_verdicts_flag_a_late_or_missing_yield_and_a_false_interruption(
+    fault: str, fault_row: dict[str, object], problem: str
+) -> None:
+    table = fault_table(_rows(fault, fault_row, mode="voice"), STRATS)
+    (verdict,) = table.to_dict("records")
+    assert verdict["passed"] == (problem == ""), verdict
+    assert problem in verdict["problems"]

@@ -45,6 +45,12 @@ async def test_voice_to_voice_adds_up_to_the_known_component_delays(tmp_path: Pa
     assert (df["llm_ttfc_s"] - LLM_TTFT).abs().max() < 0.040
     assert (df["v2v_s"] - expected_v2v).abs().max() < 0.040, (df["v2v_s"].tolist(), expected_v2v)
     assert (df["agent_audio_s"] > 0).all()
+    # the call as heard: one stereo recording, and its signal gives voice-to-voice as the event clock does
+    (rel,) = df["call_audio"].unique()
+    audio, rate = sf.read(res.path / rel)
+    assert audio.shape[1] == 2 and rate == 16000
+    assert (df["heard_v2v_s"] - df["v2v_s"]).abs().max() < 0.020, df[["heard_v2v_s", "v2v_s"]]
+    assert (df["overlaps"] == 0).all() and (df["long_silences"] == 0).all()
     # every stage of the critical path was measured, so nothing is left unattributed
     assert df[list(CRITICAL_PATH)].notna().all().all()
     assert df["unattributed_s"].abs().max() < 0.020

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -201,6 +202,52 @@ def _audio_tag(dataset: Path | None, rel: Any, max_bytes: int) -> str:
     return f"{player} <code>{html.escape(rel_s)}</code>"
 
 
+def _call_spans(df: pd.DataFrame) -> dict[tuple[str, float], float | None]:
+    """(call recording, turn offset) -> where the next turn of that call starts (None: the call's end)."""
+    if "call_audio" not in df.columns or "call_offset_s" not in df.columns:
+        return {}
+    spans: dict[tuple[str, float], float | None] = {}
+    calls = df[["call_audio", "call_offset_s"]].dropna().drop_duplicates()
+    for rel, offsets in calls.groupby("call_audio")["call_offset_s"]:
+        ordered = sorted(float(o) for o in offsets)
+        for start, end in zip(ordered, [*ordered[1:], None], strict=True):
+            spans[(str(rel), start)] = end
+    return spans
+
+
+def _call_tag(run_path: Path | None, r: pd.Series, spans: dict[tuple[str, float], float | None], max_bytes: int) -> str:
+    """The turn's stretch of the call recording (caller left, agent right) as an embedded player.
+
+    Only the turn's own stretch is embedded: a whole call per card would repeat the same long file.
+    """
+    rel_s, offset = as_text(r.get("call_audio")), r.get("call_offset_s")
+    if not rel_s or offset is None or pd.isna(offset) or run_path is None:
+        return ""
+    root = run_path.resolve()
+    p = (root / rel_s).resolve()
+    if not p.is_relative_to(root) or not p.is_file():
+        return f"<em>call recording {html.escape(rel_s)} not found in the run folder</em>"
+    import soundfile as sf  # only reports of voice runs read audio
+
+    start = float(offset)
+    end = spans.get((rel_s, start))
+    with sf.SoundFile(p) as f:
+        rate = f.samplerate
+        f.seek(min(int(start * rate), f.frames))
+        frames = -1 if end is None else max(0, int((end - start) * rate))
+        audio = f.read(frames, dtype="int16", always_2d=True)
+    if audio.size * 2 > max_bytes:
+        return f"<em>the turn's stretch of {html.escape(rel_s)} is over the {max_bytes / 1e6:.1f} MB cap</em>"
+    buf = io.BytesIO()
+    sf.write(buf, audio, rate, format="WAV", subtype="PCM_16")
+    data = base64.b64encode(buf.getvalue()).decode()
+    until = f"{end:.2f}" if end is not None else "end"
+    return (
+        f'<audio controls preload="metadata" src="data:audio/wav;base64,{data}"></audio> '
+        f"<code>{html.escape(rel_s)}</code> {start:.2f}-{until} s (caller left, agent right)"
+    )
+
+
 def worst_turns(df: pd.DataFrame, n: int = 8, pass_threshold: float = 1.0) -> pd.DataFrame:
     """Failing turns first, then the lowest fact recall, semantic similarity and ROUGE-L."""
     d = ensure_fact_recall(df).copy()
@@ -211,7 +258,14 @@ def worst_turns(df: pd.DataFrame, n: int = 8, pass_threshold: float = 1.0) -> pd
     return d.drop_duplicates(["strategy", "mode", "voice", "conversation_id", "turn_index"]).head(n)
 
 
-def _turn_card(r: pd.Series, shown: Sequence[str], dataset: Path | None, max_audio: int) -> str:
+def _turn_card(
+    r: pd.Series,
+    shown: Sequence[str],
+    dataset: Path | None,
+    max_audio: int,
+    run_path: Path | None = None,
+    spans: dict[tuple[str, float], float | None] | None = None,
+) -> str:
     """One turn as a card; ``shown``: the score and latency columns to list."""
     items: list[tuple[str, str]] = [
         ("user said", _esc(r.get("user_text"))),
@@ -219,6 +273,8 @@ def _turn_card(r: pd.Series, shown: Sequence[str], dataset: Path | None, max_aud
     if as_text(r.get("mode")) == "voice":
         items.append(("STT heard", _esc(r.get("transcript"))))
         items.append(("audio", _audio_tag(dataset, r.get("audio_path"), max_audio)))
+        if call := _call_tag(run_path, r, spans or {}, max_audio):
+            items.append(("call as heard", call))
     items += [
         ("answer", _esc(r.get("answer")) or "<em>(empty)</em>"),
         ("reference", _esc(r.get("reference"))),
@@ -498,7 +554,10 @@ def render_report(
         sections.append(_vs_section(scored, other, c.objective, pass_threshold, seed))
     worst_df = worst_turns(df, worst, pass_threshold)
     shown = [*score_columns(worst_df), *LATENCY_COLUMNS]
-    cards = "".join(_turn_card(r, shown, scored.dataset, max_audio_bytes) for _, r in worst_df.iterrows())
+    spans = _call_spans(df)
+    cards = "".join(
+        _turn_card(r, shown, scored.dataset, max_audio_bytes, scored.path, spans) for _, r in worst_df.iterrows()
+    )
     sections.append(f"<h2 id='worst-turns'>Worst {len(worst_df)} turns</h2>{cards}")
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     sections.append(f"<p class='meta'>Generated {generated} by <code>workbench report</code>.</p>")

@@ -197,6 +197,12 @@ class TurnConfig(_Model):
     detector: Factory | None = None  # when given, used instead of `mode`
     min_endpointing_delay: float = 0.5
     max_endpointing_delay: float = 3.0
+    # barge-in (LiveKit's turn_handling["interruption"], detection pinned to VAD: the adaptive model is a download)
+    allow_interruptions: bool = True
+    min_interruption_duration: float = Field(0.5, ge=0)  # seconds of caller speech before the agent yields
+    min_interruption_words: int = Field(0, ge=0)  # transcribed words needed too (0: speech alone is enough)
+    false_interruption_timeout: float | None = Field(2.0, gt=0)  # silence after which a yield counts as false
+    resume_false_interruption: bool = True  # resume after a false one (needs an output that can pause)
 
 
 class EmbeddingsConfig(_Model):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cached_property
@@ -33,6 +34,8 @@ SCORES_FILE = "scores.parquet"
 SCORES_META = "scores.json"
 VERDICT_FILE = "verdict.json"
 REPORT_FILE = "report.html"
+CALLS_DIR = "calls"
+"""Stereo recordings of the voice conversations, one WAV per strategy x voice x conversation x repetition."""
 
 RUNS_DIR_ENV = "WORKBENCH_RUNS_DIR"
 
@@ -48,6 +51,15 @@ def resolve_runs_dir(runs_dir: str | Path | None = None) -> Path:
 
         runs_dir = load_config().runs_dir
     return Path(runs_dir).expanduser().absolute()
+
+
+def call_audio_file(strategy: str, voice: str, conversation_id: str, repetition: int) -> str:
+    """Where a voice conversation's call recording goes, relative to the run folder (safe characters only)."""
+
+    def safe(part: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", part).lstrip(".") or "_"
+
+    return f"{CALLS_DIR}/{safe(strategy)}/{safe(voice)}/{safe(conversation_id)}.r{int(repetition)}.wav"
 
 
 class RunFolder:
@@ -166,6 +178,7 @@ def list_runs(
 
 
 __all__ = [
+    "CALLS_DIR",
     "JOURNAL_FILE",
     "MANIFEST_FILE",
     "REPORT_FILE",
@@ -175,6 +188,7 @@ __all__ = [
     "TURNS_FILE",
     "VERDICT_FILE",
     "RunFolder",
+    "call_audio_file",
     "list_runs",
     "resolve_runs_dir",
 ]

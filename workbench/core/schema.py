@@ -93,6 +93,28 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "v2v_s": ("float64", "voice-to-voice: end of user speech to first agent audio frame played"),
     "agent_audio_s": ("float64", "duration of the agent's spoken reply"),
     "interruptions": ("int64", "times the agent was interrupted in this turn"),
+    # the call as the caller hears it (workbench.replay.call): real-time voice rows only
+    "call_audio": (
+        "string",
+        "the conversation's stereo call recording (caller left, agent right, one clock), relative to the run folder",
+    ),
+    "call_offset_s": ("float64", "where this turn's audio starts in call_audio, seconds"),
+    "heard_v2v_s": (
+        "float64",
+        "voice-to-voice read from the recording's signal: the caller's last audio above -40 dBFS (left) to the "
+        "onset of agent audio after it (right); checks v2v_s",
+    ),
+    "overlaps": ("Int64", "stretches of the turn where caller and agent are both audible"),
+    "overlap_s": ("float64", "seconds of the turn where caller and agent are both audible"),
+    "long_silences": ("Int64", "stretches of 2 s or more with neither side audible after the caller stopped"),
+    # barge-in: the caller talks over the agent's previous reply (dataset field barge_in_s)
+    "barge_in_s": ("float64", "dataset: this turn's audio starts this long into the agent's previous reply"),
+    "yielded": ("boolean", "barge-in turns: the agent's audio stopped after the caller started (None: no overlap)"),
+    "yield_s": ("float64", "barge-in turns: the caller's first words to the agent's audio stopping (yielded only)"),
+    "false_interruption": (
+        "boolean",
+        "barge-in turns: the agent stopped although the turn is noise or a backchannel (expect_yield false)",
+    ),
     "lk_metrics": (
         "string",
         "LiveKit's own metrics (JSON), kept beside ours: its metric events by type, and under 'turn' the user "
@@ -196,6 +218,13 @@ MEASURED: tuple[Metric, ...] = (
     _measured("v2v_s", "voice to voice", "s", "lower"),
     _measured("agent_audio_s", "agent speech", "s", None),  # a long answer is not worse in itself
     _measured("interruptions", "interruptions", "", "lower"),
+    _measured("call_offset_s", "turn start in the call", "s", None),  # a position, not an outcome
+    _measured("barge_in_s", "barge-in point", "s", None),  # the dataset's, not an outcome
+    _measured("heard_v2v_s", "voice to voice, heard", "s", "lower"),
+    _measured("overlaps", "overlaps", "", "lower"),
+    _measured("overlap_s", "overlap", "s", "lower"),
+    _measured("long_silences", "long silences", "", "lower"),
+    _measured("yield_s", "time to yield", "s", "lower"),
     _measured("slot_load", "slot CPU load", "%", None),  # a condition of the measurement, not an outcome
     _measured("node_load", "slot node CPU load", "%", None),
 )

@@ -199,6 +199,18 @@ def session_text_transforms(
     return [speech_text_transform(cfg)]
 
 
+def interruption_options(turn: Any) -> dict[str, Any]:
+    """The config's barge-in settings as LiveKit's ``InterruptionOptions`` (detection by VAD, reproducible)."""
+    return {
+        "enabled": turn.allow_interruptions,
+        "mode": "vad",
+        "min_duration": turn.min_interruption_duration,
+        "min_words": turn.min_interruption_words,
+        "false_interruption_timeout": turn.false_interruption_timeout,
+        "resume_false_interruption": turn.resume_false_interruption,
+    }
+
+
 def build_session(
     stack: ModelStack,
     strategy: llm.LLM,
@@ -234,6 +246,7 @@ def build_session(
             "turn_detection": stack.turn_detection(),
             "endpointing": {"min_delay": cfg.min_endpointing_delay, "max_delay": cfg.max_endpointing_delay},
             "preemptive_generation": {"enabled": False},
+            "interruption": interruption_options(cfg),
         },
         aec_warmup_duration=None,
         user_away_timeout=None,

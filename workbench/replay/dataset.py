@@ -99,6 +99,10 @@ class DatasetTurn(_Strict):
     expect_tools: list[ExpectedToolCall] | None = None  # None: no expectation; []: no tool may be called
     tool_results: dict[Annotated[str, Field(pattern=_TOOL)], Any] = Field(default_factory=dict)
     """Tool name -> what that tool returns in this turn instead of running (a tool not listed runs for real)."""
+    barge_in_s: float | None = Field(default=None, gt=0)
+    """Voice: this turn's audio starts this long into the agent's previous reply, played over it (barge-in)."""
+    expect_yield: bool = True
+    """Barge-in turns: False marks noise or a backchannel the agent should talk through (a yield is false)."""
 
     @field_validator("user")
     @classmethod
@@ -138,6 +142,12 @@ class DatasetTurn(_Strict):
             raise ValueError(f"audio_meta has variants with no audio: {', '.join(sorted(unknown))}")
         return self
 
+    @model_validator(mode="after")
+    def _yield_needs_barge_in(self) -> DatasetTurn:
+        if not self.expect_yield and self.barge_in_s is None:
+            raise ValueError("expect_yield: false needs barge_in_s (only a turn played over the agent can yield)")
+        return self
+
     def audio_variants(self) -> dict[str, str]:
         """Variant name -> path; a plain ``audio`` path is the variant ``default``."""
         if self.audio is None:
@@ -155,6 +165,12 @@ class Conversation(_Strict):
     tags: list[str] = Field(default_factory=list)
     turns: list[DatasetTurn] = Field(min_length=1)
     _line: int | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _first_turn_cannot_barge_in(self) -> Conversation:
+        if self.turns and self.turns[0].barge_in_s is not None:
+            raise ValueError("turns[0].barge_in_s: the first turn has no agent reply to talk over")
+        return self
 
     @property
     def line(self) -> int | None:

@@ -3,7 +3,9 @@
 The session gets a microphone that plays each turn's recording (and silence in between) paced by the
 wall clock, and a speaker that captures the agent's frames and emulates playback (so the agent
 leaves "speaking" only after its audio would have finished). Because the end of user speech is
-known from the recording, every stage can be timed against it as the caller would hear it.
+known from the recording, every stage can be timed against it as the caller would hear it. In real time
+both sides are also recorded into one stereo call (:mod:`workbench.replay.call`), and a turn with
+``barge_in_s`` starts over the agent's previous reply, to measure whether and how fast the agent yields.
 Faster-than-real-time playback works for functional checks, but its rows carry no latency figures:
 the framework mixes audio time and wall time (VAD, endpointing timers).
 """
@@ -31,6 +33,7 @@ from workbench.models import ModelStack
 from workbench.pipeline import build_agent, build_session
 from workbench.pipeline.agents import AgentFactory, build_user_agent
 from workbench.replay.audio import load_audio
+from workbench.replay.call import AgentReply, heard_columns, render, wav_bytes
 from workbench.replay.text import dataset_row, trace_columns
 from workbench.replay.tools import ToolRecorder
 from workbench.strategies.base import Strategy
@@ -38,6 +41,10 @@ from workbench.strategies.base import Strategy
 RATE = 16000
 FRAME_MS = 20
 FRAME = RATE * FRAME_MS // 1000
+CALL_WAV_KEY = "_call_wav"
+"""Key of the stereo WAV bytes on a conversation's last row; the runner stores them and drops the key."""
+NOISE_SETTLE_S = 2.0
+"""After a turn that expects no yield (noise, a backchannel): how long a reply to it may take to start."""
 
 
 @dataclass
@@ -47,15 +54,18 @@ class Utterance:
     samples: np.ndarray
     speech_end_s: float
     audio_path: str
+    speech_start_s: float = 0.0
+    started_at: float | None = None  # wall clock of its first frame, set by the microphone
 
 
 class RealtimeMicrophone(io.AudioInput):
     """A microphone that plays queued utterances, and silence between them, paced by the wall clock.
 
-    ``speed`` > 1 plays faster than real time (functional checks only).
+    ``speed`` > 1 plays faster than real time (functional checks only). ``record`` keeps every frame played
+    (``frames``), the caller's side of the call recording.
     """
 
-    def __init__(self, speed: float = 1.0) -> None:
+    def __init__(self, speed: float = 1.0, record: bool = False) -> None:
         super().__init__(label="workbench-replay-mic")
         self.speed = speed
         self._pending: asyncio.Queue[tuple[Utterance, asyncio.Future[float]]] = asyncio.Queue()
@@ -64,12 +74,26 @@ class RealtimeMicrophone(io.AudioInput):
         self._t0: float | None = None
         self._n = 0
         self._closed = False
+        self._cut = False
         self._silence = rtc.AudioFrame(bytes(FRAME * 2), RATE, 1, FRAME)
+        self._wall0 = 0.0
+        self.record = record
+        self.frames: list[np.ndarray] = []  # every frame played (int16), when recording
 
-    def play(self, utt: Utterance) -> asyncio.Future[float]:
-        """Queue an utterance; the future resolves to the wall time (time.time) its speech ends."""
+    @property
+    def wall0(self) -> float | None:
+        """Wall clock of the first frame: 0 s in the call recording (None before the session reads)."""
+        return self._wall0 if self._t0 is not None else None
+
+    def play(self, utt: Utterance, now: bool = False) -> asyncio.Future[float]:
+        """Queue an utterance; the future resolves to the wall time (time.time) its speech ends.
+
+        ``now`` (a barge-in) starts it at the next frame, dropping what is left of the recording playing: only
+        its silent tail, as a barge-in is queued after the previous turn's speech ended.
+        """
         fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._pending.put_nowait((utt, fut))
+        self._cut = self._cut or now
         return fut
 
     def close(self) -> None:
@@ -87,11 +111,16 @@ class RealtimeMicrophone(io.AudioInput):
             await asyncio.sleep(delay)
         frame_start_wall = self._wall0 + (due - self._t0)  # when this frame "leaves the caller's mouth"
         self._n += 1
+        if self._cut and not self._pending.empty():
+            self._current, self._cut = None, False
         if self._current is None and not self._pending.empty():
             utt, fut = self._pending.get_nowait()
             self._current, self._pos = utt.samples, 0
+            utt.started_at = frame_start_wall
             fut.set_result(frame_start_wall + utt.speech_end_s / self.speed)
         if self._current is None:
+            if self.record:
+                self.frames.append(np.zeros(FRAME, np.int16))
             return self._silence
         chunk = self._current[self._pos : self._pos + FRAME]
         self._pos += FRAME
@@ -100,16 +129,25 @@ class RealtimeMicrophone(io.AudioInput):
         if len(chunk) < FRAME:
             chunk = np.concatenate([chunk, np.zeros(FRAME - len(chunk), dtype=np.float32)])
         ints = (np.clip(chunk, -1.0, 1.0) * 32767.0).astype(np.int16)
+        if self.record:
+            self.frames.append(ints)
         return rtc.AudioFrame(ints.tobytes(), RATE, 1, FRAME)
 
 
 class PlaybackSpeaker(io.AudioOutput):
-    """Captures the agent's audio and emulates a speaker playing it in real time."""
+    """Captures the agent's audio and emulates a speaker playing it in real time; ``record`` keeps the samples
+    of each reply (``replies``), the agent's side of the call recording."""
 
-    def __init__(self, speed: float = 1.0) -> None:
-        super().__init__(label="workbench-replay-speaker", capabilities=io.AudioOutputCapabilities(pause=False))
+    def __init__(self, speed: float = 1.0, record: bool = False) -> None:
+        # at the microphone's rate (LiveKit resamples), so the call recording needs no resampler
+        super().__init__(
+            label="workbench-replay-speaker", capabilities=io.AudioOutputCapabilities(pause=False), sample_rate=RATE
+        )
         self.speed = speed
         self.first_frame_at: list[float] = []  # wall time of each reply's first frame
+        self.record = record
+        self.replies: list[AgentReply] = []  # each reply's start, end and (when recording) samples
+        self.started = asyncio.Event()  # set at each reply's first frame
         self.durations: list[float] = []
         self.interruptions = 0
         self._pushed = 0.0
@@ -125,8 +163,12 @@ class PlaybackSpeaker(io.AudioOutput):
             now = time.time()
             self._start = time.perf_counter()
             self.first_frame_at.append(now)
+            self.replies.append(AgentReply(now))
+            self.started.set()
             self.on_playback_started(created_at=now)
         self._pushed += frame.duration
+        if self.record:
+            self.replies[-1].chunks.append(np.frombuffer(frame.data, dtype=np.int16)[:: frame.num_channels].copy())
 
     def flush(self) -> None:
         super().flush()
@@ -148,6 +190,9 @@ class PlaybackSpeaker(io.AudioOutput):
         played = min(self._pushed, (time.perf_counter() - self._start) * self.speed) if interrupted else self._pushed
         self.interruptions += int(interrupted)
         self.durations.append(played)
+        reply = self.replies[-1]
+        reply.played_s, reply.interrupted = played, interrupted
+        reply.end = reply.start + played / self.speed
         self._pushed = 0.0
         self.on_playback_finished(playback_position=played, interrupted=interrupted)
 
@@ -199,18 +244,30 @@ def load_utterance(dataset: Any, turn: Any, variant: str) -> Utterance:
     samples = load_audio(path, target_rate=RATE).samples
     span = turn.speech_span(variant)
     end = span.speech_end_s if span is not None else _estimate_speech_end(samples)
-    return Utterance(np.asarray(samples, dtype=np.float32), float(end), turn.audio_variants()[variant])
+    start = span.speech_start_s if span is not None else _estimate_speech_start(samples)
+    return Utterance(np.asarray(samples, dtype=np.float32), float(end), turn.audio_variants()[variant], float(start))
+
+
+def _loud_windows(samples: np.ndarray) -> np.ndarray:
+    """Indices of the 10 ms windows above -40 dBFS."""
+    win = RATE // 100
+    n = len(samples) // win
+    if n == 0:
+        return np.zeros(0, np.int64)
+    rms = np.sqrt(np.mean(samples[: n * win].reshape(n, win) ** 2, axis=1))
+    return np.nonzero(rms > 0.01)[0]
 
 
 def _estimate_speech_end(samples: np.ndarray) -> float:
     """Last 10 ms window above -40 dBFS: used only when the dataset does not record the end of speech."""
-    win = RATE // 100
-    n = len(samples) // win
-    if n == 0:
-        return 0.0
-    rms = np.sqrt(np.mean(samples[: n * win].reshape(n, win) ** 2, axis=1))
-    loud = np.nonzero(rms > 0.01)[0]
-    return float((loud[-1] + 1) * win / RATE) if len(loud) else 0.0
+    loud = _loud_windows(samples)
+    return float((loud[-1] + 1) / 100) if len(loud) else 0.0
+
+
+def _estimate_speech_start(samples: np.ndarray) -> float:
+    """First 10 ms window above -40 dBFS: used only when the dataset does not record the start of speech."""
+    loud = _loud_windows(samples)
+    return float(loud[0] / 100) if len(loud) else 0.0
 
 
 async def replay_voice(
@@ -227,8 +284,14 @@ async def replay_voice(
     speech_text: dict[str, Any] | None = None,
     agent_factory: AgentFactory | None = None,
     options: Any = None,
+    record_call: bool = False,
 ) -> None:
-    """Play ``conv``'s recordings into a full voice session; ``emit`` receives one row per turn."""
+    """Play ``conv``'s recordings into a full voice session; ``emit`` receives one row per turn.
+
+    ``record_call`` (real time only): every row gets its span in the call recording and what the signal says
+    (:mod:`workbench.replay.call`), and the last one the stereo WAV under ``CALL_WAV_KEY`` for the runner to
+    store in the run folder (rows travel from a Ray slot the same way, so the file needs no shared disk).
+    """
     realtime = getattr(options, "realtime", True)
     speed = 1.0 if realtime else 4.0
     turn_timeout = getattr(options, "turn_timeout_s", 60.0)
@@ -238,7 +301,8 @@ async def replay_voice(
         if agent_factory is not None
         else build_agent(**({"instructions": instructions} if instructions else {}), chat_ctx=history)
     )
-    mic, speaker = RealtimeMicrophone(speed), PlaybackSpeaker(speed)
+    record = record_call and realtime
+    mic, speaker = RealtimeMicrophone(speed, record=record), PlaybackSpeaker(speed, record=record)
     session = build_session(stack, strategy, mode="voice", tts_kind=tts_kind, speech_text=speech_text)
     session.input.audio = mic
     session.output.audio = speaker
@@ -287,17 +351,33 @@ async def replay_voice(
     await session.start(agent)
     tool_timeout = getattr(options, "tool_timeout_s", None)
     tools = ToolRecorder(session, agent, timeout_s=turn_timeout / 2 if tool_timeout is None else tool_timeout)
+    last = len(conv.turns) - 1
+    pending: tuple[int, Utterance, asyncio.Future[float]] | None = None  # a barge-in turn already playing
+
+    def out(row: dict[str, Any], i: int) -> None:
+        """Emit a row; the conversation's last one carries the call recording (written by the runner)."""
+        if record and i == last and mic.wall0 is not None:
+            row[CALL_WAV_KEY] = wav_bytes(render(mic.frames, mic.wall0, speaker.replies, RATE), RATE)
+        emit(row)
+
     try:
         for i in range(start_turn, len(conv.turns)):
+            turn = conv.turns[i]
             row = dataset_row(conv, i)
             row["started_at"] = datetime.now(UTC).isoformat()
             row["realtime"] = realtime
-            try:
-                utt = load_utterance(dataset, conv.turns[i], variant)
-            except Exception as e:  # a bad recording is this turn's error, not the run's
-                row.update(error_kind="bad_audio", error=str(e)[:500], answer="")
-                emit(row)
-                continue
+            row["barge_in_s"] = getattr(turn, "barge_in_s", None)
+            played: asyncio.Future[float] | None = None
+            if pending is not None and pending[0] == i:
+                _, utt, played = pending
+            else:
+                try:
+                    utt = load_utterance(dataset, turn, variant)
+                except Exception as e:  # a bad recording is this turn's error, not the run's
+                    row.update(error_kind="bad_audio", error=str(e)[:500], answer="")
+                    out(row, i)
+                    continue
+            pending = None
             row["audio_path"], row["speech_end_s"] = utt.audio_path, utt.speech_end_s
             ev.finals.clear()
             ev.assistant.clear()
@@ -305,26 +385,40 @@ async def replay_voice(
             ev.done.clear()
             ev.failure = None
             ev.failed.clear()
-            tools.start_turn(getattr(conv.turns[i], "tool_results", None))
+            speaker.started.clear()
+            tools.start_turn(getattr(turn, "tool_results", None))
             replies_before, interruptions_before = len(speaker.first_frame_at), speaker.interruptions
-            played = mic.play(utt)
+            if played is None:
+                played = mic.play(utt)
             if ev.closed.is_set() or not await _any(_future_event(played), ev.closed, timeout=turn_timeout):
                 # the session closed itself (too many unrecoverable errors): nobody reads the microphone
                 played.cancel()
                 row.update(error_kind="session_closed", error="the agent session closed (unrecoverable errors)")
                 row["answer"] = ""
-                emit(row)
+                out(row, i)
                 continue
             speech_end_at = played.result()
-            replied = await _any(ev.done, ev.failed, ev.closed, timeout=turn_timeout)
+            if i < last and (barge := getattr(conv.turns[i + 1], "barge_in_s", None)) is not None:
+                pending = await _barge_in(
+                    conv.turns[i + 1], i + 1, barge, dataset, variant, mic, speaker, ev, speed, turn_timeout
+                )
+            if getattr(turn, "expect_yield", None) is False:
+                # noise or a backchannel: no reply of its own is due, but one may come; wait only while it does
+                replied = await _any(ev.done, ev.failed, ev.closed, timeout=NOISE_SETTLE_S / speed)
+                if not replied and not ev.listening.is_set():
+                    replied = await _any(ev.done, ev.failed, ev.closed, timeout=turn_timeout)
+                no_reply_ok = True
+            else:
+                replied = await _any(ev.done, ev.failed, ev.closed, timeout=turn_timeout)
+                no_reply_ok = False
             if replied and not ev.done.is_set():
                 # let a reply cut short by the failure finish (bounded), so the next turn starts from listening
                 await _any(ev.done, ev.closed, ev.listening, timeout=min(turn_timeout, 5.0))
             await asyncio.sleep(0.3 / speed)  # a caller's pause before the next turn
             harness_error: tuple[str, str] | None = ev.failure  # also a TTS failure late in a reply that ended
-            if not replied:
+            if not replied and not no_reply_ok:
                 harness_error = ("no_reply", f"no agent reply within {turn_timeout:.0f} s")
-            elif harness_error is None and not ev.done.is_set():
+            elif replied and harness_error is None and not ev.done.is_set():
                 harness_error = ("session_closed", "the agent session closed")
             row.update(_voice_columns(ev, speaker, replies_before, speech_end_at, strategy, realtime))
             if harness_error is not None:  # the strategy's own fault record, when it has one, comes first
@@ -333,13 +427,68 @@ async def replay_voice(
                 else:
                     row["error_kind"], row["error"] = harness_error
             row["interruptions"] = speaker.interruptions - interruptions_before
+            row.update(_barge_in_columns(turn, utt, speaker, speed, realtime))
+            if record and mic.wall0 is not None and utt.started_at is not None:
+                nxt = pending[1].started_at if pending is not None else None
+                start, end = utt.started_at - mic.wall0, (nxt or time.time()) - mic.wall0
+                call = render(mic.frames, mic.wall0, speaker.replies, RATE)
+                row["call_offset_s"] = start
+                row.update(heard_columns(call, RATE, start, end))
             row.update(tools.columns())
             row["wer"] = wer(row["user_text"], row["transcript"]) if row.get("transcript") else None
-            emit(row)
+            out(row, i)
     finally:
         mic.close()
         tools.close()
         await session.aclose()
+
+
+async def _barge_in(
+    turn: Any,
+    index: int,
+    barge_in_s: float,
+    dataset: Any,
+    variant: str,
+    mic: RealtimeMicrophone,
+    speaker: PlaybackSpeaker,
+    ev: _TurnEvents,
+    speed: float,
+    timeout: float,
+) -> tuple[int, Utterance, asyncio.Future[float]] | None:
+    """Start the next turn's audio ``barge_in_s`` into the reply that is starting, over the agent.
+
+    None when there is no reply to talk over or the recording cannot be read (the turn then plays, or reports
+    its bad audio, in its own iteration).
+    """
+    try:
+        utt = load_utterance(dataset, turn, variant)
+    except Exception:
+        return None
+    if not await _any(speaker.started, ev.failed, ev.closed, timeout=timeout) or not speaker.started.is_set():
+        return None
+    delay = speaker.first_frame_at[-1] + barge_in_s / speed - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    return index, utt, mic.play(utt, now=True)  # starts at the microphone's next frame (within 20 ms)
+
+
+def _barge_in_columns(
+    turn: Any, utt: Utterance, speaker: PlaybackSpeaker, speed: float, realtime: bool
+) -> dict[str, Any]:
+    """Did the agent stop for the caller, and how fast: from the caller's first words (the recording's speech
+    start) to the end of the agent audio that was playing then."""
+    if getattr(turn, "barge_in_s", None) is None or utt.started_at is None:
+        return {}
+    caller_start = utt.started_at + utt.speech_start_s / speed
+    reply = next((r for r in reversed(speaker.replies) if r.start <= caller_start), None)
+    if reply is None or (reply.end is not None and reply.end < caller_start):
+        return {"yielded": None}  # the agent had already finished: nothing to yield
+    yielded = bool(reply.interrupted)
+    return {
+        "yielded": yielded,
+        "yield_s": (reply.end - caller_start) if yielded and realtime and reply.end is not None else None,
+        "false_interruption": yielded and getattr(turn, "expect_yield", None) is False,
+    }
 
 
 def _voice_columns(

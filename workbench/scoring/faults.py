@@ -40,6 +40,12 @@ EXPECTED_KIND: dict[str, str] = {
     "tts_error": "tts_error",
 }
 """The ``error_kind`` a turn row must record for each fault."""
+TURN_TAKING: tuple[str, ...] = ("barge_in", "noise")
+"""Voice turn-taking checks a fault suite can add (``turn_taking:``): the middle turn starts over the agent's
+first reply. ``barge_in``: the caller talks, and the agent must yield within the yield budget; ``noise``: a
+0.2 s burst marked ``expect_yield: false``, which the agent must talk through. Text mode replays them as
+ordinary turns (controls)."""
+EXPECTED_YIELD: dict[str, str] = {"barge_in": "yields", "noise": "talks through"}
 PARTIAL_FAULTS = frozenset({"cut", "cut_clean", "malformed", "trickle"})  # some words were spoken before the fault
 USER_TURNS = (
     "What time do you open on Monday?",
@@ -49,7 +55,8 @@ USER_TURNS = (
 """What the caller says in every fault conversation; ``{marker}`` names the fault."""
 FAULT_TURN = 1  # one healthy turn before the fault, one after it
 ANSWER_KEY = "faults.json"
-"""Beside ``conversations.jsonl``: ``{"budget_s": {strategy: seconds}}``, the latest a recovery may be heard."""
+"""Beside ``conversations.jsonl``: ``{"budget_s": {strategy: seconds}}``, the latest a recovery may be heard, and
+``yield_budget_s``, the latest the agent may stop talking after a barge-in's first words."""
 _MARKER_RE = re.compile(r"\bfault-([a-z0-9]+(?:-[a-z0-9]+)*)\b")
 
 
@@ -75,8 +82,11 @@ def fault_of(tags: Any) -> str | None:
     return None
 
 
-def write_answer_key(dataset: Path, budget_s: Mapping[str, float]) -> Path:
-    return atomic_write_json(Path(dataset) / ANSWER_KEY, {"budget_s": dict(budget_s)})
+def write_answer_key(dataset: Path, budget_s: Mapping[str, float], yield_budget_s: float | None = None) -> Path:
+    key: dict[str, Any] = {"budget_s": dict(budget_s)}
+    if yield_budget_s is not None:
+        key["yield_budget_s"] = yield_budget_s
+    return atomic_write_json(Path(dataset) / ANSWER_KEY, key)
 
 
 def read_budgets(dataset: str | Path | None) -> dict[str, float] | None:
@@ -85,6 +95,14 @@ def read_budgets(dataset: str | Path | None) -> dict[str, float] | None:
         return None
     data = json.loads((Path(dataset) / ANSWER_KEY).read_text(encoding="utf-8"))
     return {str(k): float(v) for k, v in (data.get("budget_s") or {}).items()}
+
+
+def read_yield_budget(dataset: str | Path | None) -> float | None:
+    """The barge-in yield budget from a dataset's answer key; None when it has none."""
+    if dataset is None or not (Path(dataset) / ANSWER_KEY).exists():
+        return None
+    value = json.loads((Path(dataset) / ANSWER_KEY).read_text(encoding="utf-8")).get("yield_budget_s")
+    return None if value is None else float(value)
 
 
 # -- the verdict per conversation ------------------------------------------------------------------------
@@ -113,6 +131,58 @@ def _outcome(row: Mapping[str, Any]) -> str:
     if kind == "tts_error":
         return "silent reply"
     return "failed"
+
+
+def _flag(v: Any) -> bool | None:
+    """A boolean cell as True/False, or None when empty (None, NaN, pd.NA)."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return bool(v)
+
+
+def _judge_turn_taking(fault: str, mode: str, rows: pd.DataFrame, yield_budget: float | None) -> dict[str, Any]:
+    """A barge-in conversation's verdict: the agent yielded in time (``barge_in``) or talked through the noise
+    (``noise``), and every turn is intact (the noise turn needs no reply of its own)."""
+    by_turn = {int(r["turn_index"]): r for r in rows.to_dict("records")}
+    row = by_turn.get(FAULT_TURN, {})
+    voice = mode == "voice"
+    problems = []
+    if len(by_turn) != len(USER_TURNS):
+        problems.append(f"{len(by_turn)} of {len(USER_TURNS)} turn rows stored")
+    for t, r in by_turn.items():
+        needs_answer = not (voice and fault == "noise" and t == FAULT_TURN)
+        if _text(r.get("error_kind")) or (needs_answer and not _text(r.get("answer"))):
+            problems.append(f"turn {t} failed ({_text(r.get('error_kind')) or 'empty answer'})")
+    yielded, took = _flag(row.get("yielded")), _num(row.get("yield_s"))
+    outcome = "control (needs voice)"
+    if voice:
+        if fault == "barge_in":
+            outcome = f"yielded after {took:.2f} s" if yielded and took is not None else "did not yield"
+            if not yielded:
+                problems.append(f"the agent did not yield (yielded={yielded})")
+            elif (
+                row.get("realtime") is not False and yield_budget is not None and (took is None or took > yield_budget)
+            ):
+                problems.append(f"yielded after {took} s > {yield_budget:.2f} s")
+        else:
+            outcome = "false interruption" if yielded else "talked through"
+            if yielded is None:
+                outcome = "no overlap"
+                problems.append("the noise did not overlap the agent's reply")
+            elif yielded or _flag(row.get("false_interruption")):
+                problems.append("the agent stopped for noise (false interruption)")
+    return {
+        "outcome": outcome,
+        "error_kind": _text(row.get("error_kind")) or None,
+        "fallback": None,
+        "partial": False,
+        "heard_s": took,
+        "recovery_s": None,
+        "budget_s": yield_budget if voice and fault == "barge_in" else None,
+        "next_turn_ok": not any(p.startswith(f"turn {FAULT_TURN + 1} ") for p in problems),
+        "passed": not problems,
+        "problems": "; ".join(problems),
+    }
 
 
 def _judge(fault: str, mode: str, rows: pd.DataFrame, budget: float | None) -> dict[str, Any]:
@@ -178,11 +248,14 @@ VERDICT_COLUMNS = (
 )
 
 
-def fault_verdicts(df: pd.DataFrame, budget_s: Mapping[str, float] | None = None) -> pd.DataFrame:
+def fault_verdicts(
+    df: pd.DataFrame, budget_s: Mapping[str, float] | None = None, yield_budget_s: float | None = None
+) -> pd.DataFrame:
     """One row per fault conversation x strategy x mode: what its fault turn recorded, and whether it was handled.
 
     ``df`` is a turn table; conversations without a ``fault:NAME`` tag are ignored. ``budget_s``: the
-    latest a recovery may be heard, per strategy (None: no time is checked). The columns are described
+    latest a recovery may be heard, per strategy (None: no time is checked); ``yield_budget_s``: the latest a
+    barge-in may be yielded to (for those, ``heard_s`` is ``yield_s``). The columns are described
     by :func:`workbench.workflows.faults.fault_table`, which computes the budgets from strategy configs.
     """
     cols = list(VERDICT_COLUMNS)
@@ -193,22 +266,25 @@ def fault_verdicts(df: pd.DataFrame, budget_s: Mapping[str, float] | None = None
     out = []
     for (fault, strategy, mode, _voice), rows in d.groupby(["fault", "strategy", "mode", "voice"], sort=False):
         for _, conv_rows in rows.groupby(["conversation_id", "repetition"], sort=False):
-            budget = (budget_s or {}).get(str(strategy))
-            verdict = _judge(str(fault), str(mode), conv_rows, budget)
-            out.append(
-                {"fault": fault, "strategy": strategy, "mode": mode, "expected": EXPECTED_KIND[fault], **verdict}
-            )
+            if fault in TURN_TAKING:
+                verdict = _judge_turn_taking(str(fault), str(mode), conv_rows, yield_budget_s)
+            else:
+                verdict = _judge(str(fault), str(mode), conv_rows, (budget_s or {}).get(str(strategy)))
+            expected = EXPECTED_KIND.get(str(fault)) or EXPECTED_YIELD.get(str(fault), "?")
+            out.append({"fault": fault, "strategy": strategy, "mode": mode, "expected": expected, **verdict})
     table = pd.DataFrame(out, columns=cols)
-    order = {f: i for i, f in enumerate(ALL_FAULTS)}
+    order = {f: i for i, f in enumerate((*ALL_FAULTS, *TURN_TAKING))}
     return table.sort_values(
         ["mode", "fault", "strategy"], key=lambda s: s.map(order) if s.name == "fault" else s, kind="stable"
     ).reset_index(drop=True)
 
 
-def fault_scores(df: pd.DataFrame, budget_s: Mapping[str, float] | None = None) -> pd.DataFrame:
+def fault_scores(
+    df: pd.DataFrame, budget_s: Mapping[str, float] | None = None, yield_budget_s: float | None = None
+) -> pd.DataFrame:
     """``fault`` and ``fault_ok`` for ``df``'s rows (same index): 1.0 when every conversation of that fault x
     strategy x mode passed :func:`fault_verdicts`, 0.0 when one did not, NaN outside fault conversations."""
-    table = fault_verdicts(df, budget_s)
+    table = fault_verdicts(df, budget_s, yield_budget_s)
     fault = df["tags"].map(fault_of) if "tags" in df.columns else pd.Series(None, index=df.index, dtype=object)
     ok: dict[tuple[Any, ...], float] = {}
     for r in table.itertuples():
@@ -248,7 +324,7 @@ class FaultScorer(Scorer):
         self.note: str | None = None
         if budgets is None:
             self.note = f"recovery times not checked: the dataset has no {ANSWER_KEY}"
-        return fault_scores(df, budgets)
+        return fault_scores(df, budgets, read_yield_budget(ctx.dataset))
 
 
 __all__ = [
@@ -259,6 +335,7 @@ __all__ = [
     "FAULT_TURN",
     "PARTIAL_FAULTS",
     "SPEECH_FAULTS",
+    "TURN_TAKING",
     "USER_TURNS",
     "FaultScorer",
     "fault_in",
@@ -267,5 +344,6 @@ __all__ = [
     "fault_verdicts",
     "marker",
     "read_budgets",
+    "read_yield_budget",
     "write_answer_key",
 ]

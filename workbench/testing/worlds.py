@@ -97,3 +97,29 @@ def fake_speech_stack(ep: ScriptedEndpoint | EndpointProcess, tmp_path: Path, st
     stack.stt = lambda: stt  # type: ignore[method-assign]
     stack.tts = lambda kind=None: FixedDelayTTS(ttfb_s=TTS_TTFB)  # type: ignore[method-assign]
     return stack
+
+
+def barge_in_dataset(root: Path, noise_s: float = 0.2) -> Path:
+    """One voice conversation (variant ``piper``) with two barge-in turns: a question, then a caller who talks
+    over the reply 0.8 s in (0.3 s of lead, then 1 s of a 220 Hz tone), then a ``noise_s`` burst of noise 0.5 s
+    into the next reply, marked ``expect_yield: false`` (the agent should talk through it)."""
+    (root / "knowledge").mkdir(parents=True)
+    (root / "knowledge" / "a.md").write_text("Open 8 am to 6 pm.\n")
+    (root / "audio").mkdir()
+    rate = 16000
+    t = np.arange(int(SPEECH * rate)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    noise = (0.3 * np.random.default_rng(0).uniform(-1, 1, int(noise_s * rate))).astype(np.float32)
+    clips = [(LEAD, tone), (LEAD, tone), (0.0, noise)]
+    extra: list[dict[str, object]] = [{}, {"barge_in_s": 0.8}, {"barge_in_s": 0.5, "expect_yield": False}]
+    conv_turns = []
+    for i, ((lead, speech), more) in enumerate(zip(clips, extra, strict=True)):
+        rel = f"audio/b0_{i}.wav"
+        pcm = np.concatenate([np.zeros(int(lead * rate)), speech, np.zeros(int(0.5 * rate))]).astype(np.float32)
+        sf.write(root / rel, pcm, rate, subtype="PCM_16")
+        span = {"speech_start_s": lead, "speech_end_s": lead + len(speech) / rate}
+        conv_turns.append(
+            {"user": f"question {i}", "reference": "r", "audio": {"piper": rel}, "audio_meta": {"piper": span}, **more}
+        )
+    (root / "conversations.jsonl").write_text(json.dumps({"id": "b0", "tags": [], "turns": conv_turns}) + "\n")
+    return root

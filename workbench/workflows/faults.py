@@ -7,7 +7,10 @@ a scripted OpenAI-compatible endpoint that injects the fault named by that marke
 endpoint ``backup`` serves fallbacks), and replays everything through the normal runner: text mode for
 all faults, real-time voice mode with light fake speech components (whose STT and TTS fail on the
 marker) for the voice faults. The run folder is an ordinary run, scored by the ``faults`` scorer
-(``fault``, ``fault_ok``: :mod:`workbench.scoring.faults`) and judged by the suite's gates.
+(``fault``, ``fault_ok``: :mod:`workbench.scoring.faults`) and judged by the suite's gates. The suite's
+``turn_taking`` adds voice barge-in conversations the same way: the middle turn starts over the agent's first
+reply (``barge_in``: the agent must yield in time; ``noise``: a short burst it must talk through), with
+replies made long enough to be talked over.
 
 :func:`arun_faults` is the one way a fault run happens: ``workbench faults``, ``workbench eval`` on a fault
 suite and ``pytest evals/`` all call it. :func:`fault_table` turns the rows into the fault x strategy x
@@ -47,6 +50,7 @@ from workbench.scoring.faults import (
     FAULT_TURN,
     PARTIAL_FAULTS,
     SPEECH_FAULTS,
+    TURN_TAKING,
     USER_TURNS,
     FaultScorer,
     fault_in,
@@ -63,6 +67,14 @@ from workbench.workflows.suite import FaultSuite, FaultTiming, Selection, VoiceO
 VARIANT = "tone"  # the recording variant name of the generated audio
 RATE = 16000
 BACKUP_TEXT = "This is the backup line, how can I help?"
+BARGE_IN_S = 0.3  # turn-taking conversations: the middle turn starts this far into the agent's first reply
+NOISE_S = 0.2  # the noise burst, well under the 0.5 s the agent needs to hear before it yields
+SLOW_WORD_S = 0.15  # TTS seconds a word with turn-taking checks on: a reply long enough to be talked over
+
+
+def yield_budget(slack_s: float) -> float:
+    """The latest the agent may stop after a barge-in's first words: the configured interruption bound + slack."""
+    return TurnConfig().min_interruption_duration + slack_s
 
 
 # -- the scripted world ------------------------------------------------------------------------------
@@ -101,13 +113,25 @@ def write_fault_dataset(
     (root / "audio").mkdir(exist_ok=True)
     tones: dict[float, str] = {}
     lines = []
-    for fault in suite.faults:
-        voice = fault in suite.voice_faults
+    for fault in [*suite.faults, *suite.turn_taking]:
+        voice = fault in suite.voice_faults or fault in TURN_TAKING
         turns = []
         for t, template in enumerate(USER_TURNS):
             user = template.format(marker=marker(fault))
             turn: dict[str, Any] = {"user": user, "reference": "", "contexts": [], "facts": []}
-            if voice:
+            if fault in TURN_TAKING and t == FAULT_TURN:
+                turn["barge_in_s"] = BARGE_IN_S
+            if fault == "noise" and t == FAULT_TURN:  # a burst of noise the STT hears as nothing
+                turn["user"] = f"Mm-hm ({marker(fault)})"
+                turn["expect_yield"] = False
+                rel = f"audio/{fault}_{t}.wav"
+                burst = 0.3 * np.random.default_rng(7).uniform(-1, 1, int(NOISE_S * RATE))
+                pcm = np.concatenate([burst, np.zeros(int(tail_s * RATE))]).astype(np.float32)
+                with atomic_file(root / rel) as f:
+                    sf.write(f, pcm, RATE, subtype="PCM_16", format="WAV")
+                turn["audio"] = {VARIANT: rel}
+                turn["audio_meta"] = {VARIANT: {"speech_start_s": 0.0, "speech_end_s": NOISE_S}}
+            elif voice:
                 freq = 300.0 + 40.0 * len(tones)
                 tones[freq] = user
                 rel = f"audio/{fault}_{t}.wav"
@@ -122,7 +146,8 @@ def write_fault_dataset(
         tags = ["faults", f"fault:{fault}"] + (["voice"] if voice else [])
         lines.append(json.dumps({"id": f"fault-{fault}", "tags": tags, "turns": turns}))
     atomic_write_text(root / "conversations.jsonl", "\n".join(lines) + "\n")
-    write_answer_key(root, budgets({n: suite.strategy_config(n) for n in suite.strategies}, suite.slack_s))
+    strategies = {n: suite.strategy_config(n) for n in suite.strategies}
+    write_answer_key(root, budgets(strategies, suite.slack_s), yield_budget(suite.slack_s))
     return FaultDataset(root, tones)
 
 
@@ -138,10 +163,12 @@ class FaultStack(ModelStack):
         stt_delay_s: float = 0.05,
         tts_ttfb_s: float = 0.05,
         vad_silence_s: float = 0.2,
+        seconds_per_word: float = 0.05,
     ) -> None:
         super().__init__(config)
         self.tones = dict(tones)
         self.stt_delay_s, self.tts_ttfb_s, self.vad_silence_s = stt_delay_s, tts_ttfb_s, vad_silence_s
+        self.seconds_per_word = seconds_per_word
 
     def stt(self) -> Any:
         stt_marker = marker("stt_error")
@@ -149,7 +176,7 @@ class FaultStack(ModelStack):
 
     def tts(self, kind: str | None = None) -> Any:
         tts_marker = marker("tts_error")
-        return FailingTTS(self.tts_ttfb_s, fail_if=lambda text: tts_marker in text)
+        return FailingTTS(self.tts_ttfb_s, self.seconds_per_word, fail_if=lambda text: tts_marker in text)
 
     def vad(self) -> Any:
         return EnergyVAD(silence_s=self.vad_silence_s)
@@ -180,7 +207,7 @@ def run_suite(suite: FaultSuite, dataset: Path) -> FaultSuite:
     """The suite as the runner replays it: the generated dataset, and voice mode for ``voice_faults``."""
     update: dict[str, Any] = {"dataset": dataset}
     if "mode" not in suite.model_fields_set:
-        update["mode"] = "both" if suite.voice_faults else "text"
+        update["mode"] = "both" if suite.voice_faults or suite.turn_taking else "text"
     if "voice" not in suite.model_fields_set:
         update["voice"] = VoiceOptions(
             variants=[VARIANT],
@@ -236,14 +263,18 @@ async def arun_faults(
     run_id = run_id or new_run_id(spec.name)
     path = runs_dir / run_id
     data = write_fault_dataset(path / "dataset", spec)
-    if spec.voice_faults:  # imports the voice path makes on first use, done now rather than inside a timed turn
+    if (
+        spec.voice_faults or spec.turn_taking
+    ):  # imports the voice path makes on first use, done now rather than inside a timed turn
         for module in ("workbench.models.speech", "workbench.replay.audio"):
             importlib.import_module(module)
     with (
         ScriptedEndpoint(endpoint_script(spec.timing), model="scripted-primary") as primary,
         ScriptedEndpoint(Script(text=BACKUP_TEXT, ttft_s=spec.timing.backup_ttft_s), model="scripted-backup") as backup,
     ):
-        stack = FaultStack(fault_config(primary.base_url, backup.base_url, path / "state"), data.tones)
+        config = fault_config(primary.base_url, backup.base_url, path / "state")
+        word_s = SLOW_WORD_S if spec.turn_taking else 0.05
+        stack = FaultStack(config, data.tones, seconds_per_word=word_s)
         try:
             await arun(run_suite(spec, data.root), run_id=run_id, runs_dir=runs_dir, stack=stack, progress=progress)
             run = Run(path).score([FaultScorer.name], stack=stack)  # loads nothing: rows and the answer key
@@ -276,7 +307,7 @@ def fault_table(
     manifest's ``suite.strategies``; without it no time budget is checked), ``next_turn_ok``, ``passed``
     and ``problems``. Speech faults in text mode are controls: the session never meets them.
     """
-    return fault_verdicts(df, budgets(strategies, slack_s) if strategies else None)
+    return fault_verdicts(df, budgets(strategies, slack_s) if strategies else None, yield_budget(slack_s))
 
 
 __all__ = [
@@ -287,6 +318,7 @@ __all__ = [
     "FAULT_TURN",
     "PARTIAL_FAULTS",
     "SPEECH_FAULTS",
+    "TURN_TAKING",
     "FaultRun",
     "FaultStack",
     "FaultSuite",

@@ -26,7 +26,8 @@ import pandas as pd
 
 from workbench.core.aio import run_sync
 from workbench.core.config import ConfigError, WorkbenchConfig
-from workbench.core.run import resolve_runs_dir
+from workbench.core.io import atomic_write_bytes
+from workbench.core.run import call_audio_file, resolve_runs_dir
 from workbench.core.store import RunStore, new_run_id, read_rows
 from workbench.models import ModelStack
 from workbench.models.components import check_components
@@ -35,7 +36,7 @@ from workbench.models.versions import environment_info
 from workbench.pipeline.agents import AgentFactoryError, build_user_agent
 from workbench.replay.dataset import load_dataset
 from workbench.replay.text import history_from_rows, replay_text
-from workbench.replay.voice import has_audio, replay_voice
+from workbench.replay.voice import CALL_WAV_KEY, has_audio, replay_voice
 from workbench.strategies import Strategy, build
 from workbench.strategies.registry import check_endpoint, with_knowledge
 from workbench.workflows.runs import Run, list_runs
@@ -75,6 +76,8 @@ class Work:
     jobs: list[Job]
     done_rows: dict[tuple[Any, ...], list[dict[str, Any]]]
     emit: Callable[[Job, dict[str, Any]], None]
+    # the run store's manifest update: an executor records what it learnt about its slots there
+    update_manifest: Callable[..., None] | None = None
 
     def prior(self, job: Job) -> list[dict[str, Any]]:
         return self.done_rows.get(job.job_key, [])
@@ -226,6 +229,7 @@ async def replay_job(
                 speech_text=suite.speech_text,
                 agent_factory=suite.agent,
                 options=suite.voice,
+                record_call=True,
             )
     except Exception:
         log.exception("conversation %s (%s, %s) failed", job.conversation.id, job.strategy, job.mode)
@@ -379,11 +383,18 @@ async def arun(
     def emit(job: Job, row: dict[str, Any]) -> None:
         nonlocal written
         row.update(run_id=run_id, strategy=job.strategy, mode=job.mode, voice=job.voice, repetition=job.repetition)
+        wav = row.pop(CALL_WAV_KEY, None)
+        if wav is not None or row.get("call_offset_s") is not None:
+            rel = call_audio_file(job.strategy, job.voice, job.conversation.id, job.repetition)
+            row["call_audio"] = rel
+            if wav is not None:  # the conversation's last turn: its whole call, written once and atomically
+                (path / rel).parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(path / rel, wav)
         store.append(row)
         written += 1
         bar.update(1)
 
-    work = Work(suite, stack.config, stack, dataset, jobs, done_rows, emit)
+    work = Work(suite, stack.config, stack, dataset, jobs, done_rows, emit, store.update_manifest)
     try:
         await chosen.execute(work)
         rows = store.compact()

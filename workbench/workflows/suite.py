@@ -159,6 +159,8 @@ class FaultSuite(Suite):
     name: str = "faults"
     faults: list[str] = Field(default_factory=lambda: list(ALL_FAULTS))
     voice_faults: list[str] = Field(default_factory=lambda: ["stt_error", "tts_error", "http_500", "cut", "cut_clean"])
+    # voice barge-in checks (workbench.scoring.faults.TURN_TAKING): the caller talks over the agent, or noise does
+    turn_taking: list[Literal["barge_in", "noise"]] = Field(default_factory=list)
     timing: FaultTiming = Field(default_factory=FaultTiming)
     concurrency: int | None = Field(8, ge=1)  # text sessions at once
     voice_concurrency: int = Field(4, ge=1)  # real-time voice sessions at once (light fake components)
