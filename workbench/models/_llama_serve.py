@@ -25,6 +25,10 @@ def main() -> None:
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     from llama_cpp.server.__main__ import main as serve
 
+    from workbench.models.chat_formats import register
+
+    register()  # chat_format: hermes-tools (streamed tool calls for the embedded models)
+
     serve()
 
 
