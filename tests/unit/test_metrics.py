@@ -191,3 +191,16 @@ def test_the_one_wilcoxon_gives_scipy_s_p_both_sided_and_one_sided() -> None:
         assert wilcoxon(ties, alternative).p == pytest.approx(ref, rel=1e-12)
     assert wilcoxon(ties).nonzero == 5
     assert wilcoxon([0.0, 1e-14]).p == 1.0 and math.isnan(wilcoxon([]).p)
+
+
+def test_summary_shows_tool_call_accuracy_per_strategy_only_when_a_row_has_it() -> None:
+    import workbench.scoring  # noqa: F401  (declares the scorers' metrics)
+
+    rows = _rows({"plain": 1.0, "autogen": 1.0}, conversations=2)
+    plain = rows["strategy"] == "plain"
+    without = run_summary(rows)
+    assert "tool_call_accuracy" not in without.columns and "fact_recall" in without.columns
+    rows["tool_call_accuracy"] = [1.0, 0.5, 0.0, 0.0]  # plain called the tools, autogen did not
+    rows.loc[~plain, "tool_call_accuracy"] = 0.0
+    got = run_summary(rows).set_index("strategy")["tool_call_accuracy"]
+    assert got.to_dict() == {"plain": 0.75, "autogen": 0.0}

@@ -12,11 +12,13 @@ def run_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per strategy x mode: turns, median and p90 time to first chunk and voice-to-voice, error rate, answer words.
 
     Then the mean of each headline score the rows hold (``Metric.headline``: fact recall, semantic similarity,
-    WER, and any a user's scorer marks); ``compare()`` and the report show every score.
+    WER, tool-call accuracy, and any a user's scorer marks; one no row has is left out); ``compare()`` and the
+    report show every score.
     """
     if df.empty:
         return pd.DataFrame()
-    scores = [c for c in score_columns(df) if (m := metric(c)) is not None and m.headline]
+    # a headline score no row has (tool-call accuracy on a run without expected calls) would be an empty column
+    scores = [c for c in score_columns(df) if (m := metric(c)) is not None and m.headline and df[c].notna().any()]
     d = df.assign(
         answer_words=df["answer"].fillna("").astype(str).str.split().str.len(),
         is_error=is_error(df),

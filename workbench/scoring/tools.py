@@ -85,6 +85,7 @@ class ToolCallAccuracyScorer(_ToolScorer):
             "higher",
             "ragas ToolCallAccuracy, strict order: 0 unless the expected tools were called in order, "
             "else the share of expected argument values given, 0-1",
+            True,  # in the run summary: a suite with expected tool calls is about them
         ),
     )
     description = "ragas ToolCallAccuracy(strict_order=True): tool_calls vs expected_tools"
@@ -130,6 +131,7 @@ class ToolArgsMatchScorer(_ToolScorer):
             "",
             "higher",
             "share of the turn's expected tool calls made with matching arguments (exact or subset), 0-1",
+            True,
         ),
     )
     description = "expected_tools' args vs the calls' arguments (match: subset or exact)"

@@ -115,6 +115,10 @@ def select(conversations: list[Any], sel: Selection | None) -> list[Any]:
     out = conversations
     if sel.ids:
         wanted = set(sel.ids)
+        if missing := sorted(wanted - {c.id for c in conversations}):  # a typo must not shrink the run silently
+            raise SuiteError(
+                f"conversations.ids: {', '.join(missing)} not in the dataset (or invalid: see workbench validate)"
+            )
         out = [c for c in out if c.id in wanted]
     if sel.tags:
         tags = set(sel.tags)
@@ -340,11 +344,12 @@ async def arun(
             await build_user_agent(suite.agent)
         except AgentFactoryError as e:
             raise SuiteError(f"agent: {e}") from e
-    if resume is None:
-        store = RunStore(path)
     dataset = load_dataset(suite.dataset)
     for problem in dataset.problems:  # reported in the manifest; the valid conversations still run
         log.warning("dataset problem: %s", problem)
+    jobs = _jobs(suite, dataset.conversations, has_audio)  # an unknown conversation id fails here, before the folder
+    if resume is None:
+        store = RunStore(path)
     own_stack = stack is None
     stack = stack or ModelStack(config)
     if resume is None:
@@ -371,7 +376,6 @@ async def arun(
         job_key = (r["strategy"], r["mode"], r["voice"], r["conversation_id"], r["repetition"])
         done_rows.setdefault(job_key, []).append(r)
 
-    jobs = _jobs(suite, dataset.conversations, has_audio)
     total = sum(len(j.conversation.turns) for j in jobs)
     skipped = len(existing)
 

@@ -133,6 +133,21 @@ class Suite(BaseModel):
     def modes(self) -> list[str]:
         return ["text", "voice"] if self.mode == "both" else [self.mode]
 
+    def only(self, strategies: list[str] | None = None, conversations: list[str] | None = None) -> Suite:
+        """This suite cut down to some of its strategies and to named conversations (both modes): a quick look
+        at one case without editing the file. A name the suite does not have is a :class:`SuiteError`."""
+        update: dict[str, Any] = {}
+        if strategies:
+            unknown = [s for s in strategies if s not in self.strategies]
+            if unknown:
+                have = ", ".join(self.strategies)
+                raise SuiteError(f"strategies: {', '.join(unknown)} not in the suite (it has {have})")
+            update["strategies"] = {s: self.strategies[s] for s in strategies}
+        if conversations:
+            update["conversations"] = Selection(ids=list(conversations))
+            update["voice"] = self.voice.model_copy(update={"conversations": None})
+        return self.model_copy(update=update)
+
 
 class FaultTiming(BaseModel):
     """How the scripted endpoints answer (seconds). Small numbers: the whole suite runs in seconds."""
