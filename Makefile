@@ -57,10 +57,13 @@ chromium:
 	  || echo "WARNING: could not install chromium; the report browser test will be skipped (apt-get install chromium)"; }
 
 # the main job: every strategy on part of the demo dataset, text and real-time voice, on the embedded models
-# (doctor checks the demo's own config: it assembles and sha256-checks the Qwen 0.5B it runs on)
+# (doctor checks the demo's own config: it assembles and sha256-checks the Qwen 0.5B it runs on); then the booking
+# agent's tools over SQLite on three booking conversations (cancel, reschedule, availability and a refusal), with
+# tool-call accuracy per strategy (the whole booking suite: workbench eval evals/booking.yaml)
 demo: setup
 	$(BIN)/workbench doctor --config evals/configs/demo-models.yaml
 	$(BIN)/workbench run evals/demo.yaml --report
+	$(BIN)/workbench run evals/booking.yaml --conversations b005,b004,b001 --report
 
 test: setup
 	$(BIN)/ruff check .
