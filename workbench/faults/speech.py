@@ -1,8 +1,13 @@
 """Scripted speech components with known delays, for testing the voice harness's measurements.
 
-Unit tests only: each behaves like its LiveKit base class (``vad.VAD``, ``stt.STT``, ``tts.TTS``)
+For tests and benchmarks: each behaves like its LiveKit base class (``vad.VAD``, ``stt.STT``, ``tts.TTS``)
 but with exact, configurable timing, so a measured latency can be checked against the sum of
 the delays that produced it.
+
+Each can be named in a config's factory section with keyword arguments, e.g. a suite's
+``components: {stt: {use: "workbench.faults.speech:FixedDelaySTT", delay_s: 0.1, text: question}}``,
+so a process that builds its stack from the config alone (a Ray slot) gets the same light components;
+the arguments then arrive as JSON types (lists, string keys), which the constructors accept.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -133,9 +138,10 @@ class ToneSTT(FixedDelaySTT):
     answers like :class:`FixedDelaySTT`.
     """
 
-    def __init__(self, delay_s: float = 0.1, tones: dict[float, str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, delay_s: float = 0.1, tones: Mapping[float | str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(delay_s, **kwargs)
-        self.tones = dict(tones or {})
+        # keys as numbers: a config section travels as JSON (to a Ray slot, into a manifest), whose keys are strings
+        self.tones = {float(freq): text for freq, text in (tones or {}).items()}
 
     def heard(self, buffer: AudioBuffer) -> str:
         if not self.tones:
@@ -183,7 +189,7 @@ class FailingSTT(ToneSTT):
         self,
         delay_s: float = 0.1,
         *,
-        fail_on: set[int] | None = None,
+        fail_on: Iterable[int] | None = None,
         fail_if: Callable[[str], bool] | None = None,
         retryable: bool = False,
         **kwargs: Any,
@@ -215,7 +221,7 @@ class FailingTTS(FixedDelayTTS):
         seconds_per_word: float = 0.05,
         sample_rate: int = 16000,
         *,
-        fail_on: set[int] | None = None,
+        fail_on: Iterable[int] | None = None,
         fail_if: Callable[[str], bool] | None = None,
         retryable: bool = False,
     ) -> None:
