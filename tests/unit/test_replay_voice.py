@@ -7,19 +7,23 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 
 from workbench.core.schema import CRITICAL_PATH, SLICES, critical_path
 from workbench.faults.endpoint import Script, ScriptedEndpoint
 from workbench.faults.speech import FixedDelaySTT
+from workbench.models.smart_turn import SmartTurnStream
 from workbench.testing.worlds import (
     ENDPOINTING,
     LLM_TTFT,
     STT_DELAY,
     TTS_TTFB,
     VAD_SILENCE,
+    RawEnergyVAD,
     fake_speech_stack,
+    pause_dataset,
     voice_dataset,
 )
 from workbench.workflows import Suite, arun, load_run
@@ -99,6 +103,102 @@ async def test_every_critical_path_stage_matches_its_known_delay_and_they_add_up
     turn = json.loads(df["lk_metrics"].iloc[0])["turn"]  # LiveKit's own per-turn report, kept beside ours
     assert {"end_of_turn_delay", "stopped_speaking_at"} <= set(turn["user"])
     assert {"llm_node_ttft", "llm_node_ttfs", "tts_node_ttfb"} <= set(turn["assistant"])
+
+
+async def test_a_pause_longer_than_the_end_of_turn_cuts_the_caller_off_and_a_short_one_does_not(tmp_path: Path) -> None:
+    """Two phrases with a pause between them. The end of turn comes VAD_SILENCE + STT_DELAY after the first phrase
+    (ENDPOINTING is shorter): a 0.8 s pause outlasts it, so LiveKit ends the turn mid-utterance (cut_off, and the
+    rest of the caller's words become a second user turn); a 0.15 s pause is not even a VAD end of speech."""
+    ds = pause_dataset(tmp_path / "ds", {"long": 0.8, "short": 0.15})
+    stt = FixedDelaySTT(delay_s=STT_DELAY, text="question")
+    with ScriptedEndpoint(Script(ttft_s=LLM_TTFT, text="Sure.")) as ep:
+        suite = Suite(dataset=ds, mode="voice", voice=VoiceOptions(variants=["piper"]))
+        res = await arun(suite, runs_dir=tmp_path / "runs", stack=fake_speech_stack(ep, tmp_path, stt), progress=False)
+    df = load_run(res.path).set_index("conversation_id")
+    print(df[["cut_off", "user_turns", "eou_delay_s", "v2v_s", "transcript"]])
+    assert df["error_kind"].isna().all(), df[["error_kind", "error"]]
+    short, long = df.loc["short"], df.loc["long"]
+    assert not short["cut_off"] and short["user_turns"] == 1
+    assert short["eou_delay_s"] > 0 and short["v2v_s"] > short["eou_delay_s"]
+    assert long["cut_off"] and long["user_turns"] == 2
+    # the agent answered the first phrase before the caller had finished: its audio started before the end of speech
+    assert long["v2v_s"] < 0
+    # the harness waited for the rest of the turn: its own end of turn came after the caller's end of speech
+    assert long["eou_delay_s"] > 0
+    assert long["transcript"] == "question question"
+
+
+class _SpeechLengthTurn:
+    """A scripted audio turn detector behind the Smart Turn stream: "done" once it has heard more than ``done_after``
+    seconds of speech since the last committed turn, "not done" before."""
+
+    model, provider, threshold, prediction_timeout = "scripted", "test", 0.5, 1.0
+
+    def __init__(self, done_after: float) -> None:
+        self.done_after = done_after
+        self.predictions: list[float] = []
+
+    def probability(self, audio: np.ndarray) -> float:
+        win = 160
+        n = len(audio) // win
+        loud = int((np.sqrt(np.mean(audio[: n * win].reshape(n, win) ** 2, axis=1)) > 0.01).sum()) if n else 0
+        p = 0.9 if loud * win / 16000 > self.done_after else 0.1
+        self.predictions.append(p)
+        return p
+
+    def stream(self, **_: object) -> SmartTurnStream:
+        return SmartTurnStream(self)  # type: ignore[arg-type]
+
+
+async def test_an_audio_turn_detector_holds_the_turn_through_a_pause_it_judges_unfinished(tmp_path: Path) -> None:
+    """The same 0.8 s pause that cuts the VAD-only caller off: a streaming turn detector (the Smart Turn stream, with a
+    scripted model) says "not done" after the first phrase, so LiveKit waits its maximum delay (1.0 s), the caller
+    resumes within it, and the turn ends once, after the whole utterance. (The transcript gate works with VAD turn
+    detection only: here the minimum delay must cover the VAD silence and the STT, or the end of speech would be
+    committed on the first phrase's transcript alone.)"""
+    ds = pause_dataset(tmp_path / "ds", {"long": 0.8})
+    stt = FixedDelaySTT(delay_s=STT_DELAY, text="question")
+    detector = _SpeechLengthTurn(done_after=0.9)  # one phrase is 0.6 s, both 1.2 s
+    with ScriptedEndpoint(Script(ttft_s=LLM_TTFT, text="Sure.")) as ep:
+        stack = fake_speech_stack(ep, tmp_path, stt)
+        stack.config.turn.min_endpointing_delay = VAD_SILENCE + STT_DELAY + 0.1
+        stack.turn_detection = lambda: detector  # type: ignore[method-assign]
+        stack.vad = lambda: RawEnergyVAD(silence_s=VAD_SILENCE)  # type: ignore[method-assign]
+        suite = Suite(dataset=ds, mode="voice", voice=VoiceOptions(variants=["piper"]))
+        res = await arun(suite, runs_dir=tmp_path / "runs", stack=stack, progress=False)
+    row = load_run(res.path).iloc[0]
+    print(row[["cut_off", "user_turns", "eou_delay_s", "v2v_s", "transcript"]].to_dict(), detector.predictions)
+    assert pd.isna(row["error_kind"]), row["error"]
+    assert 0.1 in detector.predictions and detector.predictions[-1] == 0.9  # asked at the pause, then at the end
+    assert not row["cut_off"] and row["user_turns"] == 1 and row["transcript"] == "question question"
+    # at the end it said "done": the turn ended after the minimum delay, not the maximum
+    assert 0 < row["eou_delay_s"] < 1.0 and row["v2v_s"] > row["eou_delay_s"]
+
+
+@pytest.mark.parametrize("gate", [True, False])
+async def test_the_end_of_turn_waits_for_the_last_segment_transcript(tmp_path: Path, gate: bool) -> None:
+    """A 0.45 s pause: longer than the VAD's silence (0.3 s), so the first phrase is transcribed on its own, shorter
+    than its transcript (0.3 s later), so the caller is speaking again when it arrives. At the end of speech part of
+    the turn is transcribed: without the transcript gate LiveKit ends the turn at once on that part and the last
+    phrase becomes a second user turn; with it, the turn ends once, when the last phrase's transcript arrives."""
+    slow_stt = 0.3
+    ds = pause_dataset(tmp_path / "ds", {"pause": 0.45})
+    stt = FixedDelaySTT(delay_s=slow_stt, text="question")
+    with ScriptedEndpoint(Script(ttft_s=LLM_TTFT, text="Sure.")) as ep:
+        stack = fake_speech_stack(ep, tmp_path, stt)
+        stack.config.turn.wait_for_transcript = gate
+        suite = Suite(dataset=ds, mode="voice", voice=VoiceOptions(variants=["piper"]))
+        res = await arun(suite, runs_dir=tmp_path / "runs", stack=stack, progress=False)
+    row = load_run(res.path).iloc[0]
+    print(gate, row[["cut_off", "user_turns", "eou_delay_s", "stt_s", "v2v_s", "transcript"]].to_dict())
+    assert pd.isna(row["error_kind"]), row["error"]
+    assert len(stt.calls) == 2  # one transcription per phrase
+    if gate:
+        assert not row["cut_off"] and row["user_turns"] == 1 and row["transcript"] == "question question"
+        # the turn ended with the last transcript, not before it
+        assert row["stt_s"] <= row["eou_delay_s"] and abs(row["eou_delay_s"] - (VAD_SILENCE + slow_stt)) < 0.05
+    else:
+        assert row["cut_off"] and row["user_turns"] == 2
 
 
 def test_the_critical_path_cuts_voice_to_voice_into_slices_that_add_up() -> None:

@@ -197,6 +197,13 @@ class TurnConfig(_Model):
     detector: Factory | None = None  # when given, used instead of `mode`
     min_endpointing_delay: float = 0.5
     max_endpointing_delay: float = 3.0
+    # LiveKit's preemptive generation: the reply starts on the final transcript, before the end-of-turn decision,
+    # and plays once the turn ends (dropped if the caller goes on); `preemptive_tts` synthesises it early too
+    preemptive_generation: bool = False
+    preemptive_tts: bool = False
+    # mode vad over a batch STT: do not end the turn while a segment of the caller's speech is still being
+    # transcribed (else a mid-turn pause splits the turn in two; workbench.models.speech.TranscriptGate)
+    wait_for_transcript: bool = True
     # barge-in (LiveKit's turn_handling["interruption"], detection pinned to VAD: the adaptive model is a download)
     allow_interruptions: bool = True
     min_interruption_duration: float = Field(0.5, ge=0)  # seconds of caller speech before the agent yields

@@ -93,6 +93,18 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "v2v_s": ("float64", "voice-to-voice: end of user speech to first agent audio frame played"),
     "agent_audio_s": ("float64", "duration of the agent's spoken reply"),
     "interruptions": ("int64", "times the agent was interrupted in this turn"),
+    # end of turn against pauses: was the caller cut off (datasets/dianachat_pauses holds turns with mid-turn pauses)
+    "user_turns": (
+        "Int64",
+        "user messages LiveKit committed during this turn (its end-of-turn decisions): 1 is right, 2 or more means "
+        "the caller's turn was split at a pause, 0 that none was committed",
+    ),
+    "cut_off": (
+        "boolean",
+        "the caller was cut off: an end-of-turn decision or the agent's first audio came before the recording's end "
+        "of speech (a pause taken for the end of the turn), or the turn was split (user_turns > 1); real-time rows "
+        "only",
+    ),
     # the call as the caller hears it (workbench.replay.call): real-time voice rows only
     "call_audio": (
         "string",
@@ -218,6 +230,7 @@ MEASURED: tuple[Metric, ...] = (
     _measured("v2v_s", "voice to voice", "s", "lower"),
     _measured("agent_audio_s", "agent speech", "s", None),  # a long answer is not worse in itself
     _measured("interruptions", "interruptions", "", "lower"),
+    _measured("user_turns", "user turns committed", "", None),  # 1 is right: neither more nor fewer is better
     _measured("call_offset_s", "turn start in the call", "s", None),  # a position, not an outcome
     _measured("barge_in_s", "barge-in point", "s", None),  # the dataset's, not an outcome
     _measured("heard_v2v_s", "voice to voice, heard", "s", "lower"),

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workbench.models import ModelStack
 from workbench.models.session import for_session
+from workbench.models.speech import PendingSTT, TranscriptGate
 
 DEFAULT_INSTRUCTIONS = (
     "You are Diana, the friendly front-desk voice assistant of a medical clinic. "
@@ -237,15 +238,20 @@ def build_session(
             tts_text_transforms=transforms,
         )
     cfg = stack.config.turn
+    session_stt, detection = for_session(stack.stt()), stack.turn_detection()
+    # a batch STT transcribes each VAD segment after it ends: the end of turn waits for the last one
+    if cfg.wait_for_transcript and detection == "vad" and not session_stt.capabilities.streaming:
+        session_stt = PendingSTT(session_stt)
+        detection = TranscriptGate(session_stt)
     return AgentSession(
         vad=stack.vad(),
-        stt=for_session(stack.stt()),
+        stt=session_stt,
         llm=for_session(strategy),
         tts=for_session(stack.tts(tts_kind)),
         turn_handling={
-            "turn_detection": stack.turn_detection(),
+            "turn_detection": detection,
             "endpointing": {"min_delay": cfg.min_endpointing_delay, "max_delay": cfg.max_endpointing_delay},
-            "preemptive_generation": {"enabled": False},
+            "preemptive_generation": {"enabled": cfg.preemptive_generation, "preemptive_tts": cfg.preemptive_tts},
             "interruption": interruption_options(cfg),
         },
         aec_warmup_duration=None,

@@ -45,6 +45,9 @@ CALL_WAV_KEY = "_call_wav"
 """Key of the stereo WAV bytes on a conversation's last row; the runner stores them and drops the key."""
 NOISE_SETTLE_S = 2.0
 """After a turn that expects no yield (noise, a backchannel): how long a reply to it may take to start."""
+CUT_SETTLE_S = 10.0
+"""After a cut-off: how long past the caller's end of speech the rest of their words may take to be ended as a
+turn of their own (its reply may then take up to the turn timeout)."""
 
 
 @dataclass
@@ -204,6 +207,8 @@ class _TurnEvents:
     finals: list[tuple[float, str]] = field(default_factory=list)
     user_committed_at: float | None = None
     user_msg: llm.ChatMessage | None = None
+    ends: list[float] = field(default_factory=list)  # end-of-turn decision of every user message committed
+    done_at: float | None = None  # when a reply last finished (speaking to listening)
     assistant: list[llm.ChatMessage] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     lk: dict[str, Any] = field(default_factory=dict)
@@ -316,11 +321,13 @@ async def replay_voice(
         item = e.item
         if isinstance(item, llm.ChatMessage) and item.role == "user":
             ev.user_committed_at, ev.user_msg = e.created_at, item
+            ev.ends.append(_end_of_turn_at(dict(item.metrics or {})) or e.created_at)
         elif isinstance(item, llm.ChatMessage) and item.role == "assistant":
             ev.assistant.append(item)
 
     def on_state(e: Any) -> None:
         if e.old_state == "speaking" and e.new_state == "listening" and ev.assistant:
+            ev.done_at = time.time()
             ev.done.set()
         if e.new_state == "listening":
             ev.listening.set()
@@ -382,6 +389,8 @@ async def replay_voice(
             ev.finals.clear()
             ev.assistant.clear()
             ev.user_committed_at, ev.user_msg, ev.lk = None, None, {}
+            ev.ends.clear()
+            ev.done_at = None
             ev.done.clear()
             ev.failure = None
             ev.failed.clear()
@@ -411,6 +420,8 @@ async def replay_voice(
             else:
                 replied = await _any(ev.done, ev.failed, ev.closed, timeout=turn_timeout)
                 no_reply_ok = False
+                if replied and ev.done.is_set() and _cut_off(ev, speaker, replies_before, speech_end_at):
+                    await _rest_of_cut_turn(ev, speech_end_at, CUT_SETTLE_S / speed, turn_timeout)
             if replied and not ev.done.is_set():
                 # let a reply cut short by the failure finish (bounded), so the next turn starts from listening
                 await _any(ev.done, ev.closed, ev.listening, timeout=min(turn_timeout, 5.0))
@@ -427,6 +438,8 @@ async def replay_voice(
                 else:
                     row["error_kind"], row["error"] = harness_error
             row["interruptions"] = speaker.interruptions - interruptions_before
+            row["user_turns"] = len(ev.ends)
+            row["cut_off"] = _cut_off(ev, speaker, replies_before, speech_end_at) if realtime else None
             row.update(_barge_in_columns(turn, utt, speaker, speed, realtime))
             if record and mic.wall0 is not None and utt.started_at is not None:
                 nxt = pending[1].started_at if pending is not None else None
@@ -441,6 +454,35 @@ async def replay_voice(
         mic.close()
         tools.close()
         await session.aclose()
+
+
+def _cut_off(ev: _TurnEvents, speaker: PlaybackSpeaker, replies_before: int, speech_end_at: float) -> bool:
+    """The caller was cut off: an end of turn was decided, or the agent's audio started, before their recording's
+    speech had ended (a pause mid-utterance taken for the end of the turn), or their turn was committed as more
+    than one user message (the agent answered part of it)."""
+    first = speaker.first_frame_at[replies_before] if len(speaker.first_frame_at) > replies_before else None
+    early = any(t < speech_end_at for t in ev.ends) or (first is not None and first < speech_end_at)
+    return early or len(ev.ends) > 1
+
+
+async def _rest_of_cut_turn(ev: _TurnEvents, speech_end_at: float, settle_s: float, timeout: float) -> None:
+    """After a cut-off, the rest of the caller's words get an end of turn and a reply of their own: wait for both
+    (bounded), so the next turn, or the end of the conversation, does not start over them.
+
+    Done when the caller has finished, an end of turn came after their speech ended, and a reply finished after
+    that; gives up ``settle_s`` after the end of speech when no such end of turn came (the rest was not heard).
+    """
+    while not (ev.failed.is_set() or ev.closed.is_set()):
+        now = time.time()
+        last = ev.ends[-1] if ev.ends else None
+        if now >= speech_end_at and last is not None and last >= speech_end_at:
+            if ev.done_at is not None and ev.done_at >= last and ev.listening.is_set():
+                return
+            if now >= last + timeout:
+                return
+        elif now >= speech_end_at + settle_s:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _barge_in(

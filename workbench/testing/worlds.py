@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from livekit.agents import vad
 
 from workbench.core.config import EndpointConfig, TurnConfig, WorkbenchConfig
 from workbench.faults.endpoint import EndpointProcess, ScriptedEndpoint
-from workbench.faults.speech import EnergyVAD, FixedDelaySTT, FixedDelayTTS
+from workbench.faults.speech import EnergyVAD, FixedDelaySTT, FixedDelayTTS, _EnergyVADStream
 from workbench.models import ModelStack
 
 # the voice world's audio (seconds of silence, tone, silence) and its components' delays
@@ -123,3 +124,51 @@ def barge_in_dataset(root: Path, noise_s: float = 0.2) -> Path:
         )
     (root / "conversations.jsonl").write_text(json.dumps({"id": "b0", "tags": [], "turns": conv_turns}) + "\n")
     return root
+
+
+def pause_dataset(root: Path, pauses: dict[str, float], phrase_s: float = 0.6) -> Path:
+    """Voice conversations (variant ``piper``) of one turn each: two ``phrase_s`` tones with a pause between them,
+    ``pauses`` mapping a conversation id to its pause (seconds); the end of speech is the second phrase's end."""
+    (root / "knowledge").mkdir(parents=True)
+    (root / "knowledge" / "a.md").write_text("Open 8 am to 6 pm.\n")
+    (root / "audio").mkdir()
+    rate = 16000
+    t = np.arange(int(phrase_s * rate)) / rate
+    phrase = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    lines = []
+    for cid, pause in pauses.items():
+        rel = f"audio/{cid}_0.wav"
+        parts = [np.zeros(int(LEAD * rate)), phrase, np.zeros(int(pause * rate)), phrase, np.zeros(int(TAIL * rate))]
+        sf.write(root / rel, np.concatenate(parts).astype(np.float32), rate, subtype="PCM_16")
+        span = {"speech_start_s": LEAD, "speech_end_s": LEAD + 2 * len(phrase) / rate + int(pause * rate) / rate}
+        turn = {"user": "question", "reference": "r", "audio": {"piper": rel}, "audio_meta": {"piper": span}}
+        lines.append(json.dumps({"id": cid, "tags": [], "turns": [turn]}))
+    (root / "conversations.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+class RawEnergyVAD(EnergyVAD):
+    """:class:`EnergyVAD` that also reports the speech or silence accumulated since the last change, as Silero does:
+    LiveKit asks a streaming turn detector for a prediction only once that silence reaches 0.2 s."""
+
+    def stream(self) -> vad.VADStream:
+        s = _EnergyVADStream(self)
+        s._event_ch = _RawAccumulated(s._event_ch)  # type: ignore[assignment]
+        return s
+
+
+class _RawAccumulated:
+    """The stream's event channel, filling in ``raw_accumulated_speech``/``_silence`` on each inference event."""
+
+    def __init__(self, ch: object) -> None:
+        self._ch = ch
+
+    def send_nowait(self, ev: vad.VADEvent) -> None:
+        if ev.type == vad.VADEventType.INFERENCE_DONE:
+            loud = ev.probability > 0.5
+            ev.raw_accumulated_speech = ev.speech_duration if loud else 0.0
+            ev.raw_accumulated_silence = 0.0 if loud else ev.silence_duration
+        self._ch.send_nowait(ev)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._ch, name)
