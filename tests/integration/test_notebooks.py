@@ -25,6 +25,7 @@ EXPECTED: dict[str, tuple[tuple[str, ...], int, int]] = {
     "02_latency_deep_dive": (("text", "voice"), 5, 0),
     "03_voice_replay_and_stt": (("voice",), 1, 2),
     "04_write_your_own_strategy": ((), 1, 0),
+    "05_bring_your_own_agent": ((), 1, 0),
 }
 RUN_ENV = {"text": "WORKBENCH_NB_TEXT_RUN", "voice": "WORKBENCH_NB_VOICE_RUN"}
 SUITES = {"text": "small.yaml", "voice": "small_voice.yaml"}

@@ -1,4 +1,4 @@
-"""The notebooks as committed: no outputs, the expected four, and the strategy example identical to the docs'.
+"""The notebooks as committed: no outputs, the expected five, and the strategy example identical to the docs'.
 
 Executing them is an integration test (tests/integration/test_notebooks.py); these checks are static and fast.
 """
@@ -18,10 +18,11 @@ NAMES = {
     "02_latency_deep_dive",
     "03_voice_replay_and_stt",
     "04_write_your_own_strategy",
+    "05_bring_your_own_agent",
 }
 
 
-def test_the_four_notebooks_are_there() -> None:
+def test_the_five_notebooks_are_there() -> None:
     assert {p.stem for p in NOTEBOOKS.glob("*.ipynb")} == NAMES
 
 
