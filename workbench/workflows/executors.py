@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from workbench.workflows.runner import Job, Work, build_strategies, heap_frozen, replay_job, warm_up
+from workbench.workflows.runner import Job, Work, build_strategies, heap_frozen, probe, replay_job, warm_up
 from workbench.workflows.suite import ExecutorOptions
 
 log = logging.getLogger(__name__)
@@ -694,21 +694,9 @@ def _slot_class() -> Any:
 
 
 async def _probe(strategies: dict[str, Any]) -> list[str]:
-    """The runner's warm-up (one unrecorded turn per strategy), keeping what failed: a slot whose strategies
-    cannot answer on its node must not get jobs. Same request as :func:`workbench.workflows.runner.warm_up`."""
-    from livekit.agents import llm
-
-    problems = []
-    for name, s in strategies.items():
-        ctx = llm.ChatContext()
-        ctx.add_message(role="user", content="Hello")
-        try:
-            async with s.chat(chat_ctx=ctx) as stream:
-                async for _ in stream:
-                    pass
-        except Exception as e:
-            problems.append(f"strategy {name}: warm-up turn failed: {_short(e)}")
-    return problems
+    """The runner's warm-up, keeping what failed: a slot whose strategies cannot answer on its node must not
+    get jobs."""
+    return [f"strategy {name}: warm-up turn failed: {_short(e)}" for name, e in (await probe(strategies)).items()]
 
 
 class _SlotProcess:

@@ -145,19 +145,28 @@ def _jobs(suite: Suite, conversations: list[Any], has_audio: Callable[[Any, str]
     return jobs
 
 
-async def warm_up(strategies: Any) -> None:
-    """One unrecorded turn per strategy: loads models and connections so the first measured turn is not a cold start."""
+async def probe(strategies: dict[str, Strategy]) -> dict[str, Exception]:
+    """One unrecorded turn per strategy: loads models and connections so the first measured turn is not a cold
+    start. Returns what failed, by name (a Ray slot whose strategies cannot answer gets no jobs)."""
     from livekit.agents import llm
 
-    for s in strategies:
+    failed: dict[str, Exception] = {}
+    for name, s in strategies.items():
         ctx = llm.ChatContext()
         ctx.add_message(role="user", content="Hello")
         try:
             async with s.chat(chat_ctx=ctx) as stream:
                 async for _ in stream:
                     pass
-        except Exception as e:  # the measured turns will record the failure properly
-            log.warning("warm-up of %s failed: %s", s.name, e)
+        except Exception as e:
+            failed[name] = e
+    return failed
+
+
+async def warm_up(strategies: Any) -> None:
+    """:func:`probe`, where a failure is only logged: the measured turns will record it properly."""
+    for name, e in (await probe({s.name: s for s in strategies})).items():
+        log.warning("warm-up of %s failed: %s", name, e)
 
 
 @contextmanager
