@@ -238,6 +238,6 @@ async def test_ray_rows_equal_in_process_rows_through_failed_checks_a_killed_slo
     assert all(r.ok and "lost mid-run" in (r.problem or "") for r in executor.records if r.node == second.node_id)
     assert [(r.node, r.ok) for r in executor.records if "not placed" in (r.problem or "")] == [(None, False)]
     slots = json.loads((on_ray.path / MANIFEST_FILE).read_text())["executor_slots"]  # what the run reports
-    assert sorted((s["slot"], s["ok"], s["problem"]) for s in slots) == sorted(
-        (r.slot, r.ok, r.problem) for r in executor.records
+    assert sorted((s["slot"], s["ok"], s["problem"] or "") for s in slots) == sorted(
+        (r.slot, r.ok, r.problem or "") for r in executor.records
     )
