@@ -282,3 +282,20 @@ async def test_light_speech_components_build_from_a_suite_config_as_a_ray_slot_r
         assert heard.alternatives[0].text == "question"
         frames = [a.frame async for a in tts.synthesize("two words")]
         assert sum(f.samples_per_channel for f in frames) >= int(2 * 0.05 * 16000)  # a tone 0.05 s a word
+
+
+def test_the_suite_and_a_mapping_set_every_ray_option() -> None:
+    """The suite's `executor:` section takes the slot timeouts and restarts; a mapping laid over it wins."""
+    from workbench.workflows.executors import InProcessExecutor, RayExecutor, resolve_executor
+    from workbench.workflows.suite import ExecutorOptions
+
+    suite_opts = ExecutorOptions(kind="ray", slots=4, placement_timeout_s=30, check_timeout_s=60, max_slot_restarts=1)
+    ex = resolve_executor(None, suite_opts)
+    assert isinstance(ex, RayExecutor)
+    got = (ex.slots, ex.placement_timeout_s, ex.check_timeout_s, ex.max_slot_restarts)
+    assert got == (4, 30, 60, 1)
+    ex = resolve_executor({"kind": "ray", "placement_timeout_s": 5, "address": None}, suite_opts)
+    assert isinstance(ex, RayExecutor) and (ex.placement_timeout_s, ex.slots, ex.address) == (5, 4, None)
+    assert isinstance(resolve_executor("inprocess", suite_opts), InProcessExecutor)
+    with pytest.raises(ValueError, match="placement_timeout_s"):
+        ExecutorOptions(kind="ray", placement_timeout_s=0)

@@ -759,5 +759,12 @@ def resolve_executor(spec: Any, options: ExecutorOptions | None = None) -> Execu
     if isinstance(spec, dict):
         opts = ExecutorOptions.model_validate({**opts.model_dump(), **{k: v for k, v in spec.items() if v is not None}})
     if opts.kind == "ray":
-        return RayExecutor(address=opts.address, slots=opts.slots, cpus_per_slot=opts.cpus_per_slot)
+        return RayExecutor(
+            address=opts.address,
+            slots=opts.slots,
+            cpus_per_slot=opts.cpus_per_slot,
+            max_slot_restarts=opts.max_slot_restarts,
+            placement_timeout_s=opts.placement_timeout_s,
+            check_timeout_s=opts.check_timeout_s,
+        )
     return InProcessExecutor()

@@ -48,6 +48,9 @@ class ExecutorOptions(BaseModel):
     address: str | None = None  # ray: a running cluster ("auto", "HOST:PORT"); None: start Ray locally
     slots: int = Field(2, ge=1)  # ray: actors, each with its own model stack
     cpus_per_slot: float = Field(1.0, gt=0)  # ray: CPUs each slot reserves, so real-time sessions are not starved
+    placement_timeout_s: float = Field(120.0, gt=0)  # ray: a slot no node has room for is dropped after this
+    check_timeout_s: float = Field(300.0, gt=0)  # ray: a slot's start-up, checks and warm-up must end within it
+    max_slot_restarts: int = Field(3, ge=0)  # ray: slots that die are replaced this many times a run
 
 
 class Suite(BaseModel):
