@@ -170,7 +170,10 @@ class TTSConfig(_Model):
 
 class VADConfig(_Model):
     min_speech_duration: float = 0.05
-    min_silence_duration: float = 0.55
+    # 0.25 s: with the transcript gate, the end of turn comes after this plus Whisper's time (~0.4 s), which also
+    # carries callers over mid-turn pauses of up to 0.6 s (benchmarks/end_of_turn.py, docs/latency.md); the
+    # floor LiveKit's streaming turn detectors accept
+    min_silence_duration: float = 0.25
     activation_threshold: float = 0.5
 
 
@@ -195,7 +198,7 @@ class TurnConfig(_Model):
 
     mode: Literal["vad", "turn_detector"] = "vad"
     detector: Factory | None = None  # when given, used instead of `mode`
-    min_endpointing_delay: float = 0.5
+    min_endpointing_delay: float = 0.25  # after the last speech; a batch STT's transcript usually comes later
     max_endpointing_delay: float = 3.0
     # LiveKit's preemptive generation: the reply starts on the final transcript, before the end-of-turn decision,
     # and plays once the turn ends (dropped if the caller goes on); `preemptive_tts` synthesises it early too
