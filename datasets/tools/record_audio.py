@@ -160,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         lines, hashes = record(dataset, Path(tmp), only)
+    return check(dataset, lines, hashes)
+
+
+def check(dataset: Path, lines: list[str], hashes: dict[str, str]) -> int:
+    """A fresh recording (its conversation lines and file hashes) against the committed dataset: 1 if any differ."""
     current = (dataset / "conversations.jsonl").read_text(encoding="utf-8").splitlines()
     differ = [
         rel

@@ -31,7 +31,7 @@ import numpy as np
 import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_audio import LEAD_S, PEAK, RATE, TAIL_S, _quantise, _to_float, _trim, _write
+from record_audio import LEAD_S, PEAK, RATE, TAIL_S, _quantise, _to_float, _trim, _write, check
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "dianachat_demo"
@@ -147,18 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         lines, hashes = record(Path(tmp))
-    differ = [
-        rel
-        for rel, h in hashes.items()
-        if not (args.out / rel).is_file() or hashlib.sha256((args.out / rel).read_bytes()).hexdigest() != h
-    ]
-    current = (args.out / "conversations.jsonl").read_text(encoding="utf-8").splitlines()
-    if lines != current:
-        differ.append("conversations.jsonl")
-    for rel in differ:
-        print(f"differs: {rel}", file=sys.stderr)
-    print(f"{len(hashes)} files checked, {len(differ)} differ", file=sys.stderr)
-    return 1 if differ else 0
+    return check(args.out, lines, hashes)
 
 
 if __name__ == "__main__":
