@@ -76,8 +76,6 @@ async def test_the_agent_yields_to_a_barge_in_within_the_bound_and_talks_through
         suite = Suite(dataset=ds, mode="voice", voice=VoiceOptions(variants=["piper"]))
         res = await arun(suite, runs_dir=tmp_path / "runs", stack=stack, progress=False)
     df = load_run(res.path).sort_values("turn_index").reset_index(drop=True)
-    cols = ["barge_in_s", "yielded", "yield_s", "false_interruption", "interruptions", "v2v_s", "heard_v2v_s"]
-    print(df[[*cols, "overlaps", "overlap_s", "call_offset_s", "error_kind"]].to_string())
     assert df["error_kind"].isna().all(), df[["error_kind", "error"]]
     barge, noise = df.iloc[1], df.iloc[2]
     assert barge["yielded"] and not barge["false_interruption"]

@@ -316,7 +316,6 @@ async def test_turn_taking_checks_yield_to_a_barge_in_and_talk_through_noise(tmp
         faults=[], voice_faults=[], turn_taking=["barge_in", "noise"], strategies=strategies, gates=[]
     )
     res = await arun_faults(suite, runs_dir=tmp_path)
-    print(res.table[["fault", "mode", "outcome", "heard_s", "budget_s", "problems"]].to_string())
     assert res.passed, res.table[["fault", "mode", "problems"]]
     voice = res.table[res.table["mode"] == "voice"].set_index("fault")
     assert voice.loc["barge_in", "outcome"].startswith("yielded after") and voice.loc["barge_in", "budget_s"] == 1.0

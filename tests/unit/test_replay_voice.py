@@ -115,7 +115,6 @@ async def test_a_pause_longer_than_the_end_of_turn_cuts_the_caller_off_and_a_sho
         suite = Suite(dataset=ds, mode="voice", voice=VoiceOptions(variants=["piper"]))
         res = await arun(suite, runs_dir=tmp_path / "runs", stack=fake_speech_stack(ep, tmp_path, stt), progress=False)
     df = load_run(res.path).set_index("conversation_id")
-    print(df[["cut_off", "user_turns", "eou_delay_s", "v2v_s", "transcript"]])
     assert df["error_kind"].isna().all(), df[["error_kind", "error"]]
     short, long = df.loc["short"], df.loc["long"]
     assert not short["cut_off"] and short["user_turns"] == 1
@@ -167,7 +166,6 @@ async def test_an_audio_turn_detector_holds_the_turn_through_a_pause_it_judges_u
         suite = Suite(dataset=ds, mode="voice", voice=VoiceOptions(variants=["piper"]))
         res = await arun(suite, runs_dir=tmp_path / "runs", stack=stack, progress=False)
     row = load_run(res.path).iloc[0]
-    print(row[["cut_off", "user_turns", "eou_delay_s", "v2v_s", "transcript"]].to_dict(), detector.predictions)
     assert pd.isna(row["error_kind"]), row["error"]
     assert 0.1 in detector.predictions and detector.predictions[-1] == 0.9  # asked at the pause, then at the end
     assert not row["cut_off"] and row["user_turns"] == 1 and row["transcript"] == "question question"
@@ -190,7 +188,6 @@ async def test_the_end_of_turn_waits_for_the_last_segment_transcript(tmp_path: P
         suite = Suite(dataset=ds, mode="voice", voice=VoiceOptions(variants=["piper"]))
         res = await arun(suite, runs_dir=tmp_path / "runs", stack=stack, progress=False)
     row = load_run(res.path).iloc[0]
-    print(gate, row[["cut_off", "user_turns", "eou_delay_s", "stt_s", "v2v_s", "transcript"]].to_dict())
     assert pd.isna(row["error_kind"]), row["error"]
     assert len(stt.calls) == 2  # one transcription per phrase
     if gate:
