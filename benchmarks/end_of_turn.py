@@ -18,7 +18,9 @@ A setting is ``MODE-SILENCE-MIN[-MAX][-pre|-pretts]``. MODE: ``vad`` (end of tur
 ``min_silence_duration``, the turn's ``min_endpointing_delay`` and ``max_endpointing_delay`` (default 3.0), and
 LiveKit's preemptive generation (``pre``: the reply's LLM starts on the final transcript, before the end-of-turn
 decision; ``pretts``: its TTS too); ``nogate`` turns off the transcript gate (``turn.wait_for_transcript``: in VAD
-mode over a batch STT, the turn does not end while a segment of the caller's speech is still being transcribed).
+mode over a batch STT, the turn does not end while a segment of the caller's speech is still being transcribed);
+``early`` transcribes a segment 0.05 s into the caller's silence instead of when the VAD ends it
+(``turn.early_transcript_s``, ``workbench.models.speech.EarlyTranscripts``).
 ``vad-0.55-0.5-nogate`` is the default this study started from.
 
 Columns of the pause table, per setting (medians over its turns): ``eou_delay_s`` (end of the caller's speech to
@@ -76,7 +78,7 @@ STAGES = (
 LOAD_FILE = "load.json"
 
 
-FLAGS = ("pre", "pretts", "nogate")
+FLAGS = ("pre", "pretts", "nogate", "early")
 
 
 def parse_setting(name: str) -> dict[str, Any]:
@@ -86,7 +88,9 @@ def parse_setting(name: str) -> dict[str, Any]:
     nums = [f for f in parts[1:] if f not in FLAGS]
     pre = "pretts" if "pretts" in flags else "pre" if "pre" in flags else None
     if parts[0] not in ("vad", "td", "st") or len(nums) not in (2, 3):
-        raise ValueError(f"{name!r}: a setting is MODE-SILENCE-MIN[-MAX][-pre|-pretts][-nogate], e.g. vad-0.3-0.3")
+        raise ValueError(
+            f"{name!r}: a setting is MODE-SILENCE-MIN[-MAX][-pre|-pretts][-nogate][-early], e.g. vad-0.3-0.3"
+        )
     return {
         "mode": "turn_detector" if parts[0] == "td" else "vad",
         "detector": {"use": SMART_TURN} if parts[0] == "st" else None,
@@ -96,6 +100,7 @@ def parse_setting(name: str) -> dict[str, Any]:
         "preemptive_generation": pre is not None,
         "preemptive_tts": pre == "pretts",
         "wait_for_transcript": "nogate" not in flags,
+        "early_transcript_s": 0.05 if "early" in flags else None,
     }
 
 

@@ -4,15 +4,23 @@ scripted model in place of the ONNX one). Order and causality, not wall-clock fi
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from livekit import rtc
 from livekit.agents import DEFAULT_API_CONNECT_OPTIONS
+from livekit.agents.stt.stream_adapter import StreamAdapter
+from livekit.agents.types import NOT_GIVEN
+from livekit.agents.utils import merge_frames
 
+from workbench.core.config import VADConfig
 from workbench.faults.speech import FixedDelaySTT
 from workbench.models.smart_turn import RATE, WINDOW_S, SmartTurnStream
-from workbench.models.speech import PendingSTT, TranscriptGate
+from workbench.models.speech import EarlyTranscripts, PendingSTT, TranscriptGate, load_vad
+
+PAUSES = Path(__file__).resolve().parents[2] / "datasets" / "dianachat_pauses" / "audio"
 
 
 def _frame(seconds: float, amplitude: float = 0.3) -> rtc.AudioFrame:
@@ -104,3 +112,58 @@ async def test_smart_turn_stream_keeps_only_the_last_window_and_cancels_a_supers
     stream.cancel_inference()
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+class _RecordingSTT(FixedDelaySTT):
+    """FixedDelaySTT that keeps the length of every buffer it is asked to transcribe."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(delay_s=delay_s, text="heard")
+        self.seconds: list[float] = []
+
+    async def _recognize_impl(self, buffer, *, language=NOT_GIVEN, conn_options):  # type: ignore[no-untyped-def]
+        frame = merge_frames(buffer) if isinstance(buffer, list) else buffer
+        self.seconds.append(frame.samples_per_channel / frame.sample_rate)
+        return await super()._recognize_impl(buffer, language=language, conn_options=conn_options)
+
+
+async def _early_events(wav: str, min_silence: float, after_s: float | None) -> tuple[list[str], _RecordingSTT, Any]:
+    """Push a pause-set call (and 1 s of silence) through the adapter with the real Silero VAD; the events in order."""
+    from workbench.replay.audio import load_audio
+
+    audio = load_audio(PAUSES / wav, target_rate=16000)
+    pcm = np.concatenate([audio.samples, np.zeros(16000, dtype=np.float32)])
+    stt = _RecordingSTT(delay_s=0.05)
+    vad = load_vad(VADConfig(min_silence_duration=min_silence))
+    late = after_s is None
+    adapter = StreamAdapter(stt=stt, vad=vad) if late else EarlyTranscripts(stt=stt, vad=vad, after_s=after_s or 0)
+    stream = adapter.stream()
+    for i in range(0, len(pcm), 320):  # 20 ms frames, as a room delivers them
+        chunk = (pcm[i : i + 320] * 32767).astype(np.int16)
+        stream.push_frame(rtc.AudioFrame(chunk.tobytes(), 16000, 1, len(chunk)))
+    stream.end_input()
+    events = [ev.type.value async for ev in stream]
+    return events, stt, adapter
+
+
+@pytest.mark.parametrize("wav", ["p01_0_piper.wav", "p03_0_piper.wav", "p10_0_piper.wav"])
+async def test_early_transcripts_give_the_same_events_with_the_stt_started_before_the_segment_ended(wav: str) -> None:
+    """Each segment (these calls' mid-question pause splits them in two at 0.25 s) gets one transcription, of its
+    audio without most of the silence that ended it: the STT started before the VAD ended the segment. Same
+    events as LiveKit's StreamAdapter."""
+    late, late_stt, _ = await _early_events(wav, min_silence=0.25, after_s=None)
+    early, early_stt, adapter = await _early_events(wav, min_silence=0.25, after_s=0.05)
+    assert early == late and early.count("final_transcript") == early.count("end_of_speech") == 2
+    assert len(early_stt.seconds) == len(late_stt.seconds) == adapter.early_used == 2
+    for e, full in zip(early_stt.seconds, late_stt.seconds, strict=True):
+        # started once 0.05 s of silence was seen (a 32 ms window late), not after the whole 0.25 s
+        assert 0.1 < full - e <= 0.25 - 0.05
+
+
+async def test_an_early_transcript_is_dropped_when_the_caller_goes_on() -> None:
+    """p01 pauses 0.3 s mid-question: with a 0.6 s VAD silence the early transcript of the first phrase is
+    dropped and the whole question transcribed once it ends; one segment, its final transcript the whole one."""
+    events, stt, adapter = await _early_events("p01_0_piper.wav", min_silence=0.6, after_s=0.05)
+    assert events.count("end_of_speech") == 1 and adapter.early_dropped >= 1
+    assert len(stt.seconds) == adapter.early_dropped + 1 and adapter.early_used == 0
+    assert stt.seconds[-1] == max(stt.seconds)  # the final transcription is of the whole question

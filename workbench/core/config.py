@@ -207,6 +207,11 @@ class TurnConfig(_Model):
     # mode vad over a batch STT: do not end the turn while a segment of the caller's speech is still being
     # transcribed (else a mid-turn pause splits the turn in two; workbench.models.speech.TranscriptGate)
     wait_for_transcript: bool = True
+    # over a batch STT: transcribe a segment once the caller has been silent this long, before the VAD ends it
+    # (the STT's time overlaps the VAD's silence; dropped if they go on). None (default): when the VAD ends it,
+    # LiveKit's StreamAdapter. Off by default: the later transcript is what carries paused callers over (with the
+    # transcript gate the decision waits for it); docs/latency.md. workbench.models.speech.EarlyTranscripts
+    early_transcript_s: float | None = Field(None, ge=0)
     # barge-in (LiveKit's turn_handling["interruption"], detection pinned to VAD: the adaptive model is a download)
     allow_interruptions: bool = True
     min_interruption_duration: float = Field(0.5, ge=0)  # seconds of caller speech before the agent yields

@@ -1,4 +1,5 @@
-"""Voice activity and end of turn: Silero VAD, the turn-detection choice for a session, and the transcript gate."""
+"""Voice activity and end of turn: Silero VAD, the turn-detection choice for a session, the transcript gate, and
+early transcripts for a batch STT."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import asyncio
 import time
 from typing import Any
 
-from livekit.agents import APIConnectOptions, stt, vad
+from livekit import rtc
+from livekit.agents import APIConnectOptions, stt, utils, vad
+from livekit.agents.stt.stream_adapter import StreamAdapter, StreamAdapterWrapper
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import AudioBuffer
 
@@ -29,14 +32,16 @@ def turn_detection(config: TurnConfig | None = None) -> Any:
     """What ``AgentSession(turn_detection=...)`` gets: ``"vad"`` or LiveKit's local TurnDetector.
 
     VAD is the default because it is reproducible; the TurnDetector often waits the full
-    max endpointing delay on synthetic audio (field notes).
+    max endpointing delay on synthetic audio (field notes). Its version is pinned to the local
+    ``v1-mini``: unpinned, LiveKit picks the cloud model in a worker started with ``dev`` or
+    ``console``, which is not what a replay measured.
     """
     c = config or TurnConfig()
     if c.mode == "vad":
         return "vad"
     from livekit.agents.inference import TurnDetector
 
-    return TurnDetector()
+    return TurnDetector(version="v1-mini")
 
 
 class PendingSTT(stt.STT):
@@ -119,3 +124,103 @@ class TranscriptGate:
         # empty transcript does not, and this decision goes on with what was transcribed before
         await asyncio.sleep(0.05)
         return 1.0
+
+
+class EarlyTranscripts(StreamAdapter):
+    """LiveKit's VAD ``StreamAdapter`` for a batch STT, except that a segment is transcribed as soon as the caller
+    has been silent for ``after_s``, not when the VAD ends the segment ``min_silence_duration`` later.
+
+    Over a batch STT the transcript, and so the end of turn, comes after the VAD's silence *plus* the STT's time
+    (Whisper tiny.en: ~0.4 s on two cores); starting the STT early overlaps the two. When the caller goes on
+    speaking the early transcript is dropped, and the segment is transcribed whole when it does end; one early
+    transcription runs at a time, so a caller's short pauses cannot queue up work ahead of the real one. The audio
+    transcribed early is the segment as the VAD buffered it (prefix padding and speech), minus the trailing
+    silence the VAD would have added.
+    """
+
+    def __init__(self, *, stt: stt.STT, vad: vad.VAD, after_s: float = 0.05) -> None:
+        super().__init__(stt=stt, vad=vad)
+        self.after_s = after_s
+        self.early_used = 0  # segments whose early transcript became the final one
+        self.early_dropped = 0  # early transcripts dropped because the caller went on
+
+    def stream(
+        self, *, language: NotGivenOr[str] = NOT_GIVEN, conn_options: APIConnectOptions = APIConnectOptions()
+    ) -> stt.RecognizeStream:
+        return _EarlyStream(self, vad=self._vad, wrapped_stt=self._stt, language=language, conn_options=conn_options)
+
+
+class _EarlyStream(StreamAdapterWrapper):
+    _stt: EarlyTranscripts
+
+    async def _run(self) -> None:
+        vad_stream = self._vad.stream()
+        adapter = self._stt
+        speech: list[rtc.AudioFrame] = []  # the VAD's buffer of the current segment, rebuilt from its events
+        early: asyncio.Task[stt.SpeechEvent] | None = None
+        early_silence = -1.0  # the silence run the early transcript was started in (-1: none in this run)
+
+        def recognize(frames: list[rtc.AudioFrame]) -> asyncio.Task[stt.SpeechEvent]:
+            return asyncio.create_task(
+                self._wrapped_stt.recognize(
+                    buffer=utils.merge_frames(frames),
+                    language=self._language,
+                    conn_options=self._wrapped_stt_conn_options,
+                )
+            )
+
+        async def forward_input() -> None:
+            async for frame in self._input_ch:
+                if isinstance(frame, self._FlushSentinel):
+                    vad_stream.flush()
+                else:
+                    vad_stream.push_frame(frame)
+            vad_stream.end_input()
+
+        def send_final(ev: stt.SpeechEvent, speech_end_time: float) -> None:
+            if ev.alternatives and ev.alternatives[0].text:
+                end = ev.speech_end_time if ev.speech_end_time is not None else speech_end_time
+                final = stt.SpeechEvent(
+                    stt.SpeechEventType.FINAL_TRANSCRIPT, alternatives=[ev.alternatives[0]], speech_end_time=end
+                )
+                self._event_ch.send_nowait(final)
+
+        async def transcribe() -> None:
+            nonlocal early, early_silence
+            speaking = False
+            async for ev in vad_stream:
+                if ev.type == vad.VADEventType.START_OF_SPEECH:
+                    speaking, speech[:] = True, list(ev.frames)
+                    early, early_silence = None, -1.0
+                    self._event_ch.send_nowait(stt.SpeechEvent(stt.SpeechEventType.START_OF_SPEECH))
+                elif ev.type == vad.VADEventType.INFERENCE_DONE and speaking:
+                    # raw_accumulated_silence: the silence before this window; it only grows until speech resets it
+                    if ev.raw_accumulated_silence < early_silence:
+                        early_silence = -1.0  # the caller went on: the early transcript is of a part of the turn
+                        adapter.early_dropped += 1
+                    speech.extend(ev.frames)
+                    idle = early is None or early.done()
+                    if early_silence < 0 and ev.raw_accumulated_silence >= adapter.after_s and idle:
+                        early, early_silence = recognize(list(speech)), ev.raw_accumulated_silence
+                elif ev.type == vad.VADEventType.END_OF_SPEECH:
+                    speaking = False
+                    speech_end_time = time.time() - ev.silence_duration - ev.inference_duration
+                    self._event_ch.send_nowait(
+                        stt.SpeechEvent(stt.SpeechEventType.END_OF_SPEECH, speech_end_time=speech_end_time)
+                    )
+                    if early is not None and early_silence >= 0:
+                        adapter.early_used += 1
+                        result = await early
+                    else:
+                        result = await recognize(list(ev.frames))
+                    early, early_silence = None, -1.0
+                    send_final(result, speech_end_time)
+
+        tasks = [asyncio.create_task(forward_input()), asyncio.create_task(transcribe())]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            await utils.aio.cancel_and_wait(*tasks)
+            if early is not None:
+                await utils.aio.cancel_and_wait(early)
+            await vad_stream.aclose()

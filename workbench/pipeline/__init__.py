@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workbench.models import ModelStack
 from workbench.models.session import for_session
-from workbench.models.speech import PendingSTT, TranscriptGate
+from workbench.models.speech import EarlyTranscripts, PendingSTT, TranscriptGate
 
 DEFAULT_INSTRUCTIONS = (
     "You are Diana, the friendly front-desk voice assistant of a medical clinic. "
@@ -240,11 +240,14 @@ def build_session(
     cfg = stack.config.turn
     session_stt, detection = for_session(stack.stt()), stack.turn_detection()
     # a batch STT transcribes each VAD segment after it ends: the end of turn waits for the last one
+    session_vad = stack.vad()
     if cfg.wait_for_transcript and detection == "vad" and not session_stt.capabilities.streaming:
         session_stt = PendingSTT(session_stt)
         detection = TranscriptGate(session_stt)
+    if cfg.early_transcript_s is not None and not session_stt.capabilities.streaming:
+        session_stt = EarlyTranscripts(stt=session_stt, vad=session_vad, after_s=cfg.early_transcript_s)
     return AgentSession(
-        vad=stack.vad(),
+        vad=session_vad,
         stt=session_stt,
         llm=for_session(strategy),
         tts=for_session(stack.tts(tts_kind)),
