@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import soundfile as sf
 from aiohttp import web
 
 from workbench.core.run import JOURNAL_FILE, MANIFEST_FILE, TURNS_FILE
@@ -230,6 +231,11 @@ async def test_ray_rows_equal_in_process_rows_through_failed_checks_a_killed_slo
     pd.testing.assert_frame_equal(_content(ray_df), _content(local_df))
     assert set(ray_df["executor_node"]) == {head, second.node_id} and set(ray_df["executor_slot"]) == {0, 1}
     assert ray_df.loc[ray_df["mode"] == "voice", "executor_node"].eq(head).all()  # the only node left
+    # the calls recorded on a slot travel back with the rows: the driver's run folder has each voice call's file
+    voiced = ray_df[ray_df["mode"] == "voice"]
+    assert voiced["call_audio"].notna().all() and voiced["heard_v2v_s"].notna().all()
+    for rel in voiced["call_audio"]:
+        assert sf.info(str(on_ray.path / rel)).duration > voiced["call_offset_s"].max()
     assert ray_df["slot_load"].ge(0).all() and ray_df["node_load"].between(0, 100).all()
     assert executor.restarts == 2 and len(executor.records) == 4
     problems = [(r.problem or "").split(":")[0] for r in executor.records]

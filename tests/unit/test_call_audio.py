@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from workbench.analysis.report import render_report
 from workbench.core.config import TurnConfig
 from workbench.faults.endpoint import Script, ScriptedEndpoint
 from workbench.faults.speech import FixedDelaySTT, FixedDelayTTS
-from workbench.replay.call import AgentReply, heard_columns, render
+from workbench.replay.call import AgentReply, continue_call, heard_columns, render, wav_bytes
 from workbench.replay.dataset import parse_conversations
 from workbench.scoring.persist import load_scored
 from workbench.testing.worlds import ENDPOINTING, STT_DELAY, TTS_TTFB, barge_in_dataset, fake_speech_stack
@@ -44,6 +45,21 @@ def test_the_signal_gives_heard_latency_overlaps_and_long_silences() -> None:
     # a reply cut short is heard only as far as it played
     cut = render(caller, 100.0, [AgentReply(102.0, [_tone(1.0, 0.2)], played_s=0.4, end=102.4)], RATE)
     assert not np.any(np.abs(cut[int(2.45 * RATE) :, 1]) > 0)
+
+
+def test_a_resumed_call_continues_the_interrupted_recording() -> None:
+    """The interrupted session's call, then the resumed one's, in one file; the resumed part moves by the first's
+    length; a recording at another rate is refused rather than played at the wrong speed."""
+    first = np.zeros((16000, 2), np.float32)
+    first[:, 0] = 0.25
+    second = np.zeros((8000, 2), np.float32)
+    second[:, 1] = -0.5
+    joined, moved = continue_call(wav_bytes(first, 16000), wav_bytes(second, 16000))
+    audio, rate = sf.read(io.BytesIO(joined), dtype="float32")
+    assert rate == 16000 and moved == 1.0 and audio.shape == (24000, 2)
+    assert np.allclose(audio[:16000, 0], 0.25, atol=1e-3) and np.allclose(audio[16000:, 1], -0.5, atol=1e-3)
+    with pytest.raises(ValueError, match="8000 Hz"):
+        continue_call(wav_bytes(first, 16000), wav_bytes(second, 8000))
 
 
 def test_barge_in_fields_are_validated() -> None:
@@ -100,6 +116,30 @@ async def test_the_agent_yields_to_a_barge_in_within_the_bound_and_talks_through
     # the report plays each turn's stretch of the call beside the turn
     page = render_report(load_scored(res.path))
     assert page.count("call as heard") == 3 and "(caller left, agent right)" in page
+
+
+async def test_a_barge_in_the_agent_yields_to_only_once_transcribed_keeps_its_words(tmp_path: Path) -> None:
+    """With ``min_interruption_words: 2`` the agent stops only when the caller's words are transcribed, after the
+    talked-over turn's reply was still playing: the barge-in's transcript and end of turn belong to its own row,
+    not to the turn it talked over, and the agent stopped after those words, not before."""
+    ds = barge_in_dataset(tmp_path / "ds", noise_s=0.2)
+    stt = FixedDelaySTT(delay_s=STT_DELAY, texts=["question zero", "question one", ""])
+    with ScriptedEndpoint(Script(ttft_s=0.05, text=LONG_REPLY)) as ep:
+        stack = fake_speech_stack(ep, tmp_path, stt)
+        stack.config.turn = TurnConfig(
+            mode="vad", min_endpointing_delay=ENDPOINTING, max_endpointing_delay=1.0, min_interruption_words=2
+        )
+        stack.tts = lambda kind=None: FixedDelayTTS(ttfb_s=TTS_TTFB, seconds_per_word=0.3)  # type: ignore[method-assign]
+        suite = Suite(dataset=ds, mode="voice", voice=VoiceOptions(variants=["piper"]))
+        res = await arun(suite, runs_dir=tmp_path / "runs", stack=stack, progress=False)
+    df = load_run(res.path).sort_values("turn_index").reset_index(drop=True)
+    assert df["error_kind"].isna().all(), df[["error_kind", "error"]]
+    first, barge = df.iloc[0], df.iloc[1]
+    assert (first["transcript"], first["user_turns"]) == ("question zero", 1)
+    assert (barge["transcript"], barge["user_turns"]) == ("question one", 1)
+    # the agent stopped after the caller's 1 s of speech had ended and been transcribed
+    assert barge["yielded"] and barge["yield_s"] > 1.0 + STT_DELAY and first["interruptions"] == 1
+    assert barge["v2v_s"] > 0 and barge["answer"]
 
 
 @pytest.fixture(autouse=True)

@@ -47,7 +47,7 @@ def where(problems: list[DatasetProblem]) -> set[tuple[int | None, str | None]]:
 
 def test_demo_dataset_is_clean_and_fully_recorded() -> None:
     ds = load_dataset(DEMO, strict=True)
-    assert len(ds.conversations) == 46 and sum(len(c.turns) for c in ds.conversations) == 100
+    assert len(ds.conversations) == 47 and sum(len(c.turns) for c in ds.conversations) == 103
     assert len(list(ds.knowledge_dir.glob("*.md"))) == 37
     assert validate_dataset(DEMO) == []
     for c in ds.conversations:

@@ -209,3 +209,12 @@ async def test_voice_run_killed_mid_call_resumes_to_the_rows_of_an_uninterrupted
         resumed["v2v_s"].notna().all()
         and json.loads((runs / "killed" / "manifest.json").read_text())["status"] == "complete"
     )
+    # each call's recording holds every turn: the interrupted session's part, then the resumed one's (the rows'
+    # offsets moved past the seam), as long as the uninterrupted call give or take the lost turn's time
+    for conv, calls in resumed.groupby("conversation_id"):
+        offsets = calls.sort_values("turn_index")["call_offset_s"].tolist()
+        assert offsets == sorted(offsets) and len(set(calls["call_audio"])) == 1, conv
+        heard = sf.info(str(runs / "killed" / calls["call_audio"].iloc[0])).duration
+        whole = sf.info(str(runs / "full" / full[full["conversation_id"] == conv]["call_audio"].iloc[0])).duration
+        assert offsets[-1] < heard and heard >= 0.8 * whole, conv
+        assert calls["heard_v2v_s"].notna().all(), conv

@@ -57,6 +57,16 @@ def wav_bytes(stereo: np.ndarray, rate: int) -> bytes:
     return buf.getvalue()
 
 
+def continue_call(before: bytes, after: bytes) -> tuple[bytes, float]:
+    """A resumed call's recording: the interrupted session's file, then the resumed one's; and the seconds the
+    resumed part's offsets move by. The seam is where the session was lost."""
+    first, rate = sf.read(io.BytesIO(before), dtype="float32", always_2d=True)
+    second, rate2 = sf.read(io.BytesIO(after), dtype="float32", always_2d=True)
+    if rate != rate2:
+        raise ValueError(f"a resumed call at {rate2} Hz cannot continue one recorded at {rate} Hz")
+    return wav_bytes(np.concatenate([first, second]), rate), len(first) / rate
+
+
 def _active(x: np.ndarray, rate: int) -> np.ndarray:
     win = int(rate * WINDOW_S)
     n = len(x) // win

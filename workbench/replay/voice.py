@@ -42,7 +42,7 @@ RATE = 16000
 FRAME_MS = 20
 FRAME = RATE * FRAME_MS // 1000
 CALL_WAV_KEY = "_call_wav"
-"""Key of the stereo WAV bytes on a conversation's last row; the runner stores them and drops the key."""
+"""Key of the stereo WAV bytes of the call so far, on each row; the runner stores them and drops the key."""
 NOISE_SETTLE_S = 2.0
 """After a turn that expects no yield (noise, a backchannel): how long a reply to it may take to start."""
 CUT_SETTLE_S = 10.0
@@ -208,6 +208,7 @@ class _TurnEvents:
     user_committed_at: float | None = None
     user_msg: llm.ChatMessage | None = None
     ends: list[float] = field(default_factory=list)  # end-of-turn decision of every user message committed
+    commits: list[tuple[float, llm.ChatMessage]] = field(default_factory=list)  # every user message, when committed
     done_at: float | None = None  # when a reply last finished (speaking to listening)
     assistant: list[llm.ChatMessage] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -294,7 +295,7 @@ async def replay_voice(
     """Play ``conv``'s recordings into a full voice session; ``emit`` receives one row per turn.
 
     ``record_call`` (real time only): every row gets its span in the call recording and what the signal says
-    (:mod:`workbench.replay.call`), and the last one the stereo WAV under ``CALL_WAV_KEY`` for the runner to
+    (:mod:`workbench.replay.call`), and the stereo WAV of the call so far under ``CALL_WAV_KEY`` for the runner to
     store in the run folder (rows travel from a Ray slot the same way, so the file needs no shared disk).
     """
     realtime = getattr(options, "realtime", True)
@@ -321,6 +322,7 @@ async def replay_voice(
         item = e.item
         if isinstance(item, llm.ChatMessage) and item.role == "user":
             ev.user_committed_at, ev.user_msg = e.created_at, item
+            ev.commits.append((e.created_at, item))
             ev.ends.append(_end_of_turn_at(dict(item.metrics or {})) or e.created_at)
         elif isinstance(item, llm.ChatMessage) and item.role == "assistant":
             ev.assistant.append(item)
@@ -360,10 +362,13 @@ async def replay_voice(
     tools = ToolRecorder(session, agent, timeout_s=turn_timeout / 2 if tool_timeout is None else tool_timeout)
     last = len(conv.turns) - 1
     pending: tuple[int, Utterance, asyncio.Future[float]] | None = None  # a barge-in turn already playing
+    # what the session reported for a barge-in turn while the turn it talks over was still open
+    carried: tuple[list[tuple[float, str]], list[float], list[tuple[float, llm.ChatMessage]]] = ([], [], [])
 
     def out(row: dict[str, Any], i: int) -> None:
-        """Emit a row; the conversation's last one carries the call recording (written by the runner)."""
-        if record and i == last and mic.wall0 is not None:
+        """Emit a row with the call so far (the runner rewrites the call file): an interrupted call keeps what it
+        recorded up to its last stored turn, and a resumed one continues that file."""
+        if record and mic.wall0 is not None:
             row[CALL_WAV_KEY] = wav_bytes(render(mic.frames, mic.wall0, speaker.replies, RATE), RATE)
         emit(row)
 
@@ -386,17 +391,22 @@ async def replay_voice(
                     continue
             pending = None
             row["audio_path"], row["speech_end_s"] = utt.audio_path, utt.speech_end_s
-            ev.finals.clear()
+            ev.finals[:], ev.ends[:], ev.commits[:] = carried
+            carried = ([], [], [])
             ev.assistant.clear()
-            ev.user_committed_at, ev.user_msg, ev.lk = None, None, {}
-            ev.ends.clear()
+            ev.user_committed_at, ev.user_msg = ev.commits[-1] if ev.commits else (None, None)
+            ev.lk = {}
             ev.done_at = None
             ev.done.clear()
             ev.failure = None
             ev.failed.clear()
-            speaker.started.clear()
+            # a barge-in turn committed while the turn it talked over was open may have its reply playing already
+            since = ev.commits[0][0] if ev.commits else None
+            replies_before = sum(1 for t in speaker.first_frame_at if since is None or t < since)
+            if replies_before == len(speaker.first_frame_at):
+                speaker.started.clear()
             tools.start_turn(getattr(turn, "tool_results", None))
-            replies_before, interruptions_before = len(speaker.first_frame_at), speaker.interruptions
+            interruptions_before = speaker.interruptions
             if played is None:
                 played = mic.play(utt)
             if ev.closed.is_set() or not await _any(_future_event(played), ev.closed, timeout=turn_timeout):
@@ -431,6 +441,8 @@ async def replay_voice(
                 harness_error = ("no_reply", f"no agent reply within {turn_timeout:.0f} s")
             elif replied and harness_error is None and not ev.done.is_set():
                 harness_error = ("session_closed", "the agent session closed")
+            if pending is not None and pending[1].started_at is not None:
+                carried = _split_at(ev, pending[1].started_at + pending[1].speech_start_s / speed)
             row.update(_voice_columns(ev, speaker, replies_before, speech_end_at, strategy, realtime))
             if harness_error is not None:  # the strategy's own fault record, when it has one, comes first
                 if row.get("error_kind"):
@@ -463,6 +475,22 @@ def _cut_off(ev: _TurnEvents, speaker: PlaybackSpeaker, replies_before: int, spe
     first = speaker.first_frame_at[replies_before] if len(speaker.first_frame_at) > replies_before else None
     early = any(t < speech_end_at for t in ev.ends) or (first is not None and first < speech_end_at)
     return early or len(ev.ends) > 1
+
+
+def _split_at(
+    ev: _TurnEvents, since: float
+) -> tuple[list[tuple[float, str]], list[float], list[tuple[float, llm.ChatMessage]]]:
+    """Take out of ``ev`` the transcripts, ends of turn and user messages from ``since`` on (the barge-in turn's
+    first words): they are the next turn's. The agent may yield only once the caller's words are transcribed
+    (``min_interruption_words``), so they can arrive while the reply being talked over is still this turn's."""
+    finals = [f for f in ev.finals if f[0] >= since]
+    ends = [t for t in ev.ends if t >= since]
+    commits = [c for c in ev.commits if c[0] >= since]
+    ev.finals[:] = [f for f in ev.finals if f[0] < since]
+    ev.ends[:] = [t for t in ev.ends if t < since]
+    ev.commits[:] = [c for c in ev.commits if c[0] < since]
+    ev.user_committed_at, ev.user_msg = ev.commits[-1] if ev.commits else (None, None)
+    return finals, ends, commits
 
 
 async def _rest_of_cut_turn(ev: _TurnEvents, speech_end_at: float, settle_s: float, timeout: float) -> None:

@@ -34,6 +34,7 @@ from workbench.models.components import check_components
 from workbench.models.stack import missing_assets
 from workbench.models.versions import environment_info
 from workbench.pipeline.agents import AgentFactoryError, build_user_agent
+from workbench.replay.call import continue_call
 from workbench.replay.dataset import load_dataset
 from workbench.replay.text import history_from_rows, replay_text
 from workbench.replay.voice import CALL_WAV_KEY, has_audio, replay_voice
@@ -393,6 +394,8 @@ async def arun(
     bar = tqdm(total=total, initial=min(skipped, total), desc=f"run {run_id}", unit="turn", disable=not progress)
     written = 0
 
+    recorded_before: dict[tuple[Any, ...], bytes | None] = {}  # a resumed call's file as the last session left it
+
     def emit(job: Job, row: dict[str, Any]) -> None:
         nonlocal written
         row.update(run_id=run_id, strategy=job.strategy, mode=job.mode, voice=job.voice, repetition=job.repetition)
@@ -400,7 +403,14 @@ async def arun(
         if wav is not None or row.get("call_offset_s") is not None:
             rel = call_audio_file(job.strategy, job.voice, job.conversation.id, job.repetition)
             row["call_audio"] = rel
-            if wav is not None:  # the conversation's last turn: its whole call, written once and atomically
+            if wav is not None:  # the call so far, rewritten atomically after every turn
+                if (key := job.job_key) not in recorded_before:  # the job's first turn in this session
+                    resumed = bool(done_rows.get(key)) and (path / rel).exists()
+                    recorded_before[key] = (path / rel).read_bytes() if resumed else None
+                if (before := recorded_before[key]) is not None:
+                    wav, seconds = continue_call(before, wav)
+                    if row.get("call_offset_s") is not None:
+                        row["call_offset_s"] += seconds
                 (path / rel).parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(path / rel, wav)
         store.append(row)
