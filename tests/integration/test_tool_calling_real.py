@@ -10,15 +10,14 @@ workbench records, and the booking store shows. One single-turn conversation of 
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from workbench.models import ModelStack
 from workbench.pipeline.agents import AgentFactory
 from workbench.replay.tools import load_calls
+from workbench.testing.worlds import sqlite_rows
 from workbench.workflows import arun, load_run
 from workbench.workflows.suite import load_suite
 
@@ -29,15 +28,6 @@ SUITE = ROOT / "evals" / "booking.yaml"
 # a busy machine is slow, not broken: a cold ~900-token prompt (instructions and four tool schemas) on two shared
 # cores can pass the strategy's default 15 s first-chunk timeout
 PATIENT = {"kind": "plain", "first_chunk_timeout_s": 90.0, "chunk_timeout_s": 60.0}
-
-
-def rows(db: Path, sql: str) -> list[dict[str, Any]]:
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql)]
-    finally:
-        con.close()
 
 
 @pytest.mark.timeout(240)
@@ -65,5 +55,5 @@ async def test_the_embedded_model_cancels_a_booking_through_a_streamed_tool_call
     first = calls[0]  # what the model does after reading the result is not asserted: the 0.5B may write more JSON
     assert (first["name"], first["arguments"], first["error"]) == ("cancel", {"booking_id": "B-102"}, None), calls
     assert first["output"].startswith("Cancelled B-102"), first
-    assert [r["id"] for r in rows(db, "SELECT id FROM bookings ORDER BY id")] == ["B-101", "B-103"]
-    assert ("cancel", "B-102") in [(r["action"], r["booking_id"]) for r in rows(db, "SELECT * FROM changes")]
+    assert [r["id"] for r in sqlite_rows(db, "SELECT id FROM bookings ORDER BY id")] == ["B-101", "B-103"]
+    assert ("cancel", "B-102") in [(r["action"], r["booking_id"]) for r in sqlite_rows(db, "SELECT * FROM changes")]

@@ -7,7 +7,6 @@ Everything runs against the scripted endpoint: no real model.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from workbench.replay.tools import load_calls
 from workbench.strategies.base import Passage
 from workbench.strategies.rag import RagStrategy
 from workbench.strategies.registry import build
-from workbench.testing.worlds import scripted_stack
+from workbench.testing.worlds import scripted_stack, sqlite_rows
 from workbench.workflows import arun, load_run
 from workbench.workflows.suite import Suite, load_suite
 
@@ -40,30 +39,21 @@ def build_agent(db: Path, **kw: Any) -> Any:
     return load_agent_factory(f"{AGENT}:build")(db=db, **kw)
 
 
-def rows(db: Path, sql: str = "SELECT * FROM bookings ORDER BY id") -> list[dict[str, Any]]:
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql)]
-    finally:
-        con.close()
-
-
 async def test_tools_book_move_and_cancel_real_rows_and_refuse_what_the_policy_forbids(tmp_path: Path) -> None:
     db = tmp_path / "b.sqlite"
     a = build_agent(db)
-    assert [r["id"] for r in rows(db)] == SEED_IDS
+    assert [r["id"] for r in sqlite_rows(db)] == SEED_IDS
 
     assert "B-104" in await a.book("Priya Shah", "main_street", "wednesday", "11")
-    assert rows(db, "SELECT * FROM bookings WHERE id = 'B-104'") == [
+    assert sqlite_rows(db, "SELECT * FROM bookings WHERE id = 'B-104'") == [
         {"id": "B-104", "name": "Priya Shah", "location": "main_street", "day": "wednesday", "time": "11:00"}
     ]
     assert "11:00" not in await a.check_availability("main_street", "wednesday")
     assert "is free" in await a.check_availability("lakeside", "saturday", "11:00")
     await a.reschedule("B-101", "friday", "14:00")
-    assert rows(db, "SELECT day, time FROM bookings WHERE id = 'B-101'") == [{"day": "friday", "time": "14:00"}]
+    assert sqlite_rows(db, "SELECT day, time FROM bookings WHERE id = 'B-101'") == [{"day": "friday", "time": "14:00"}]
     await a.cancel("B-102")
-    assert [r["id"] for r in rows(db)] == ["B-101", "B-103", "B-104"]
+    assert [r["id"] for r in sqlite_rows(db)] == ["B-101", "B-103", "B-104"]
 
     refused = {
         "already booked": a.book("Alex Kim", "main_street", "wednesday", "11:00"),  # Priya's slot
@@ -78,8 +68,8 @@ async def test_tools_book_move_and_cancel_real_rows_and_refuse_what_the_policy_f
     for message, call in refused.items():
         with pytest.raises(ToolError, match=message):
             await call
-    assert [r["id"] for r in rows(db)] == ["B-101", "B-103", "B-104"]  # nothing refused changed the store
-    actions = [(r["conversation"], r["action"], r["booking_id"]) for r in rows(db, "SELECT * FROM changes")]
+    assert [r["id"] for r in sqlite_rows(db)] == ["B-101", "B-103", "B-104"]  # nothing refused changed the store
+    actions = [(r["conversation"], r["action"], r["booking_id"]) for r in sqlite_rows(db, "SELECT * FROM changes")]
     assert actions == [(1, "reset", None), (1, "book", "B-104"), (1, "reschedule", "B-101"), (1, "cancel", "B-102")]
 
 
@@ -88,11 +78,11 @@ async def test_each_conversation_starts_from_the_seed_and_a_stale_one_cannot_wri
     first = build_agent(db)
     await first.cancel("B-101")
     second = build_agent(db)  # the next conversation: the harness builds the agent once per conversation
-    assert [r["id"] for r in rows(db)] == SEED_IDS
+    assert [r["id"] for r in sqlite_rows(db)] == SEED_IDS
     assert "B-104" in await second.book("Jordan Lee", "lakeside", "saturday", "11:00")  # ids restart too
     with pytest.raises(RuntimeError, match="reset by another conversation"):
         await first.cancel("B-102")  # conversations sharing the file must run one at a time
-    assert [r["conversation"] for r in rows(db, "SELECT * FROM changes WHERE action = 'book'")] == [2]
+    assert [r["conversation"] for r in sqlite_rows(db, "SELECT * FROM changes WHERE action = 'book'")] == [2]
 
 
 def test_the_factory_takes_the_file_from_db_then_the_environment(tmp_path: Path, monkeypatch) -> None:
@@ -137,8 +127,9 @@ async def test_a_scripted_booking_conversation_leaves_its_booking_in_the_store(t
     assert [list(n) for n in df["tool_names"]] == [[], ["book"]]
     (call,) = load_calls(df["tool_calls"].iloc[1])
     assert call["arguments"] == book and call["error"] is None and call["output"].startswith("Booked B-104")
-    assert rows(db, "SELECT * FROM bookings WHERE id = 'B-104'") == [{"id": "B-104", **book}]
-    assert [r["action"] for r in rows(db, "SELECT * FROM changes")] == ["reset", "reset", "book"]  # run start check
+    assert sqlite_rows(db, "SELECT * FROM bookings WHERE id = 'B-104'") == [{"id": "B-104", **book}]
+    # the run's start check resets the store too
+    assert [r["action"] for r in sqlite_rows(db, "SELECT * FROM changes")] == ["reset", "reset", "book"]
 
 
 # -- strategies and the session's tools ---------------------------------------------------------------------------

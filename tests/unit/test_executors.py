@@ -17,6 +17,7 @@ import pytest
 
 from workbench.workflows.executors import SlotLostError, SlotScheduler, _process_percent
 from workbench.workflows.runner import Job, Work, start_turn
+from workbench.workflows.suite import ExecutorOptions
 
 
 class Lost(Exception):
@@ -107,7 +108,7 @@ async def test_a_slot_failing_its_checks_is_reported_with_its_node_and_gets_no_j
     plans = {0: Plan("node-a"), 1: Plan("node-b", problems=["llm.api_key_env: environment variable K is not set"])}
     backend = FakeBackend(lambda i, n: plans[i])
     reported: list[list[dict[str, Any]]] = []
-    scheduler = SlotScheduler(backend, 2, on_change=reported.append)
+    scheduler = SlotScheduler(backend, ExecutorOptions(slots=2), on_change=reported.append)
     work, emitted = _work()
     await scheduler.execute(work, [(work.jobs, 2)])
     _every_turn_once(work, emitted)
@@ -121,7 +122,7 @@ async def test_a_slot_failing_its_checks_is_reported_with_its_node_and_gets_no_j
 
 async def test_no_slot_passing_its_checks_fails_the_run_with_every_problem() -> None:
     backend = FakeBackend(lambda i, n: Plan(f"node-{i}", problems=[f"model package {i} is missing"]))
-    scheduler = SlotScheduler(backend, 2)
+    scheduler = SlotScheduler(backend, ExecutorOptions(slots=2))
     work, emitted = _work()
     with pytest.raises(SlotLostError) as e:
         await scheduler.execute(work, [(work.jobs, 1)])
@@ -134,7 +135,7 @@ async def test_no_slot_passing_its_checks_fails_the_run_with_every_problem() -> 
 
 async def test_a_slot_no_node_has_room_for_is_dropped_after_the_placement_timeout() -> None:
     backend = FakeBackend(lambda i, n: Plan(f"node-{i}", placed=i == 0), turn_s=0.01)
-    scheduler = SlotScheduler(backend, 2, placement_timeout_s=0.05)
+    scheduler = SlotScheduler(backend, ExecutorOptions(slots=2, placement_timeout_s=0.05))
     work, emitted = _work()
     await scheduler.execute(work, [(work.jobs, 1)])  # 24 turns of 10 ms on slot 0: longer than the timeout
     _every_turn_once(work, emitted)
@@ -145,7 +146,7 @@ async def test_a_slot_no_node_has_room_for_is_dropped_after_the_placement_timeou
 
 async def test_the_run_does_not_wait_for_a_slot_still_being_placed_once_the_queue_is_done() -> None:
     backend = FakeBackend(lambda i, n: Plan(f"node-{i}", placed=i == 0))
-    scheduler = SlotScheduler(backend, 2, placement_timeout_s=60)
+    scheduler = SlotScheduler(backend, ExecutorOptions(slots=2, placement_timeout_s=60))
     work, emitted = _work(conversations=1, turns=2)
     t0 = time.monotonic()
     await scheduler.execute(work, [(work.jobs, 1)])
@@ -156,7 +157,7 @@ async def test_the_run_does_not_wait_for_a_slot_still_being_placed_once_the_queu
 
 async def test_a_slot_lost_mid_job_is_replaced_and_its_job_continues_after_its_stored_turns() -> None:
     backend = FakeBackend(lambda i, n: Plan(f"node-{i}", die_after_rows=2 if (i, n) == (0, 0) else None))
-    scheduler = SlotScheduler(backend, 2)
+    scheduler = SlotScheduler(backend, ExecutorOptions(slots=2))
     work, emitted = _work()
     await scheduler.execute(work, [(work.jobs, 1)])
     _every_turn_once(work, emitted)
@@ -168,7 +169,7 @@ async def test_a_slot_lost_mid_job_is_replaced_and_its_job_continues_after_its_s
 
 async def test_a_slot_lost_while_starting_is_replaced_and_its_lanes_wait_for_the_replacement() -> None:
     backend = FakeBackend(lambda i, n: Plan(f"node-{i}", die_in_check=(i, n) == (1, 0)), turn_s=0.01)
-    scheduler = SlotScheduler(backend, 2)
+    scheduler = SlotScheduler(backend, ExecutorOptions(slots=2))
     work, emitted = _work()
     await scheduler.execute(work, [(work.jobs, 1)])
     _every_turn_once(work, emitted)
@@ -187,7 +188,7 @@ async def test_a_lost_node_whose_slot_cannot_be_replaced_leaves_the_queue_to_the
         return Plan("node-a")
 
     backend = FakeBackend(plans, turn_s=0.01)
-    scheduler = SlotScheduler(backend, 2, placement_timeout_s=0.05)
+    scheduler = SlotScheduler(backend, ExecutorOptions(slots=2, placement_timeout_s=0.05))
     work, emitted = _work(conversations=6)
     await scheduler.execute(work, [(work.jobs, 2)])
     _every_turn_once(work, emitted)
@@ -199,7 +200,7 @@ async def test_a_lost_node_whose_slot_cannot_be_replaced_leaves_the_queue_to_the
 
 async def test_a_lost_slot_is_dropped_once_the_restarts_are_used_and_the_run_fails_when_none_is_left() -> None:
     backend = FakeBackend(lambda i, n: Plan(f"node-{i}", die_after_rows=1 if i == 0 else None))
-    scheduler = SlotScheduler(backend, 2, max_slot_restarts=0)
+    scheduler = SlotScheduler(backend, ExecutorOptions(slots=2, max_slot_restarts=0))
     work, emitted = _work()
     await scheduler.execute(work, [(work.jobs, 1)])
     _every_turn_once(work, emitted)
@@ -207,7 +208,7 @@ async def test_a_lost_slot_is_dropped_once_the_restarts_are_used_and_the_run_fai
     assert scheduler.records[0].problem is not None and "not replaced: 0 restarts used" in scheduler.records[0].problem
 
     backend = FakeBackend(lambda i, n: Plan(f"node-{i}", die_after_rows=1))
-    scheduler = SlotScheduler(backend, 2, max_slot_restarts=1)
+    scheduler = SlotScheduler(backend, ExecutorOptions(slots=2, max_slot_restarts=1))
     work, emitted = _work()
     with pytest.raises(SlotLostError, match="no Ray slot is left to run the remaining"):
         await scheduler.execute(work, [(work.jobs, 1)])
@@ -216,7 +217,7 @@ async def test_a_lost_slot_is_dropped_once_the_restarts_are_used_and_the_run_fai
 
 async def test_phases_run_in_order_on_the_same_slots_and_a_job_error_ends_the_run() -> None:
     backend = FakeBackend(lambda i, n: Plan(f"node-{i}"))
-    scheduler = SlotScheduler(backend, 2)
+    scheduler = SlotScheduler(backend, ExecutorOptions(slots=2))
     work, emitted = _work()
     text, voice = work.jobs[:4], work.jobs[4:]
     await scheduler.execute(work, [(text, 2), (voice, 1)])
@@ -232,7 +233,7 @@ async def test_phases_run_in_order_on_the_same_slots_and_a_job_error_ends_the_ru
     backend = Broken(lambda i, n: Plan(f"node-{i}"))
     work, _ = _work()
     with pytest.raises(ValueError, match="the strategy failed"):
-        await SlotScheduler(backend, 2).execute(work, [(work.jobs, 1)])
+        await SlotScheduler(backend, ExecutorOptions(slots=2)).execute(work, [(work.jobs, 1)])
     assert all(s.stopped for s in backend.slots)
 
 
@@ -241,7 +242,7 @@ async def test_no_slot_starts_when_every_job_is_stored_already() -> None:
     work, _ = _work(conversations=1, turns=1)
     for job in work.jobs:
         work.done_rows[job.job_key] = [{"turn_index": 0}]
-    await SlotScheduler(backend, 2).execute(work, [(work.jobs, 1)])
+    await SlotScheduler(backend, ExecutorOptions(slots=2)).execute(work, [(work.jobs, 1)])
     assert not backend.slots
 
 
@@ -292,10 +293,11 @@ def test_the_suite_and_a_mapping_set_every_ray_option() -> None:
     suite_opts = ExecutorOptions(kind="ray", slots=4, placement_timeout_s=30, check_timeout_s=60, max_slot_restarts=1)
     ex = resolve_executor(None, suite_opts)
     assert isinstance(ex, RayExecutor)
-    got = (ex.slots, ex.placement_timeout_s, ex.check_timeout_s, ex.max_slot_restarts)
-    assert got == (4, 30, 60, 1)
+    assert ex.options == suite_opts
     ex = resolve_executor({"kind": "ray", "placement_timeout_s": 5, "address": None}, suite_opts)
-    assert isinstance(ex, RayExecutor) and (ex.placement_timeout_s, ex.slots, ex.address) == (5, 4, None)
+    assert isinstance(ex, RayExecutor)
+    assert (ex.options.placement_timeout_s, ex.options.slots, ex.options.address) == (5, 4, None)
+    assert RayExecutor(suite_opts, slots=1).options == suite_opts.model_copy(update={"slots": 1})
     assert isinstance(resolve_executor("inprocess", suite_opts), InProcessExecutor)
     with pytest.raises(ValueError, match="placement_timeout_s"):
         ExecutorOptions(kind="ray", placement_timeout_s=0)

