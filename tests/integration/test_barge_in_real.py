@@ -33,27 +33,17 @@ async def _replay(stack: ModelStack, runs: Path) -> pd.DataFrame:
 
 
 @pytest.mark.timeout(300)
-async def test_the_agent_yields_to_a_caller_who_talks_over_it_and_a_backchannel_needs_a_word_bound(
+async def test_the_agent_yields_to_a_caller_who_talks_over_it_and_to_a_transcribed_backchannel(
     stack: ModelStack, tmp_path: Path
 ) -> None:
     """By default (LiveKit's VAD interruption, no word minimum) the agent yields to "Sorry, just Saturdays,
-    please." 1.5 s into its answer within the 0.5 s bound plus 0.5 s, and also to "Okay.": LiveKit stops the
-    agent on any final transcript, and the row says it stopped for a backchannel (a false interruption). With
-    ``min_interruption_words: 2`` it talks through "Okay." but over a batch STT yields to the real barge-in only
-    once that is transcribed, after the caller's whole sentence: later than by default."""
-    default = await _replay(stack, tmp_path / "default")
-    worded_config = stack.config.model_copy(
-        update={"turn": stack.config.turn.model_copy(update={"min_interruption_words": 2})}
-    )
-    with ModelStack(worded_config) as worded_stack:
-        worded = await _replay(worded_stack, tmp_path / "worded")
-    for df in (default, worded):
-        barge = df.iloc[1]
-        assert barge["yielded"] and not barge["false_interruption"] and barge["yield_s"] > 0
-        assert "saturday" in barge["transcript"].lower() and barge["answer"]
-    assert default.iloc[1]["yield_s"] <= TurnConfig().min_interruption_duration + 0.5
-    # the sentence is 2 s long: with the word bound the agent hears it out (Whisper runs after it ends)
-    assert worded.iloc[1]["yield_s"] > max(default.iloc[1]["yield_s"] + 0.5, 1.5)
-    okay_default, okay_worded = default.iloc[2], worded.iloc[2]
-    assert okay_default["yielded"] and okay_default["false_interruption"]
-    assert not okay_worded["yielded"] and not okay_worded["false_interruption"]
+    please." 1.5 s into its answer within the 0.5 s bound plus 0.5 s, and also to "Okay." (0.36 s of speech,
+    under the bound): LiveKit stops the agent on any final transcript, and the row says it stopped for a
+    backchannel, a false interruption. (``min_interruption_words`` changes that at a price: docs/latency.md;
+    tests/unit/test_call_audio.py checks such a late yield's rows with known delays.)"""
+    df = await _replay(stack, tmp_path / "runs")
+    barge, okay = df.iloc[1], df.iloc[2]
+    assert barge["yielded"] and not barge["false_interruption"]
+    assert 0 < barge["yield_s"] <= TurnConfig().min_interruption_duration + 0.5
+    assert "saturday" in barge["transcript"].lower() and barge["answer"]
+    assert okay["yielded"] and okay["false_interruption"] and okay["transcript"].strip(" .").lower() == "okay"

@@ -84,7 +84,7 @@ def scored_run(tmp_path_factory: pytest.TempPathFactory, stack: Any) -> tuple[Pa
 
 def test_scored_run_has_real_scores(scored_run: tuple[Path, Path]) -> None:
     runs, _ = scored_run
-    df = load_scored("browser-run", runs).df
+    df = load_scored("browser-run", runs).rows
     rag = df[df["strategy"] == "rag"]
     assert (rag["ctx_recall_id"] == 1.0).all() and (rag["ctx_recall_text"] == 1.0).all()
     assert df[df["strategy"] == "plain"]["ctx_recall_id"].isna().all()

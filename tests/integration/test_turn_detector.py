@@ -36,17 +36,16 @@ async def test_the_turn_detector_mode_ends_recorded_callers_turns(
         dataset=ROOT / "datasets" / "dianachat_demo",
         mode="voice",
         strategies={"extractive": "extractive"},
-        conversations=Selection(ids=["c001", "c004"]),
+        conversations=Selection(ids=["c001"]),
         voice=VoiceOptions(variants=["piper"], turn_timeout_s=60.0),
     )
     with ModelStack(config) as stack:
         res = await arun(suite, runs_dir=tmp_path / "runs", stack=stack, progress=False)
     run = Run.load(res.path)
     df = run.rows
-    assert len(df) == 2 and df["error_kind"].isna().all()
+    assert len(df) == 1 and df["error_kind"].isna().all()
     # the local model (not the cloud one) was asked, and every turn ended once, after the caller finished
     assert predictions and set(predictions) == {"turn-detector-v1-mini"}
     assert (df["user_turns"] == 1).all() and not df["cut_off"].any()
-    # (Whisper tiny.en hears c004's "Cigna" as "signature": a transcript, not a split)
-    assert (df["eou_delay_s"] > 0).all() and df["transcript"].str.len().gt(0).all() and df["v2v_s"].notna().all()
+    assert (df["eou_delay_s"] > 0).all() and (df["wer"] < 0.2).all() and df["v2v_s"].notna().all()
     assert run.manifest["workbench_config"]["turn"]["mode"] == "turn_detector"

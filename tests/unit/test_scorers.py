@@ -465,8 +465,8 @@ def test_workbench_score_stores_columns_beside_the_run_and_rescoring_replaces(tm
     res = cli.invoke(app, ["score", "r1", "--runs-dir", str(runs), "--scorers", "ragas_text"])
     assert res.exit_code == 0, res.output
     scored = load_scored("r1", runs)
-    assert scored.df.sort_values("repetition")["fact_recall"].tolist() == [1.0, 0.5]  # kept from the first scoring
-    assert scored.df["rouge_l"].notna().all()
+    assert scored.rows.sort_values("repetition")["fact_recall"].tolist() == [1.0, 0.5]  # kept from the first scoring
+    assert scored.rows["rouge_l"].notna().all()
     assert {s["name"] for s in scored.scoring["scorers"]} == {"facts", "wer", "ragas_llm", "ragas_text"}
 
     res = cli.invoke(app, ["score", "r1", "--runs-dir", str(runs), "--scorers", "nope"])

@@ -469,7 +469,7 @@ def _load_baseline(baseline: Any, manifest: Mapping[str, Any]) -> tuple[pd.DataF
         scored = load_scored(Path(ref))
     except FileNotFoundError as e:
         return None, f"baseline run {Path(ref).name}", f"baseline run not found: {e}"
-    return scored.df, f"baseline run {scored.run_id}", None
+    return scored.rows, f"baseline run {scored.run_id}", None
 
 
 def evaluate_gates(

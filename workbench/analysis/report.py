@@ -25,12 +25,12 @@ from workbench.analysis.compare import LATENCY_COLUMNS, Comparison, Objective, c
 from workbench.analysis.stats import score_columns
 from workbench.core.cells import as_list, as_text
 from workbench.core.io import atomic_write_text
-from workbench.core.run import REPORT_FILE
+from workbench.core.run import REPORT_FILE, RunFolder
 from workbench.core.schema import SLICES
 from workbench.models.versions import stack_differences
 from workbench.scoring.facts import missed_facts
 from workbench.scoring.judge import judged_columns
-from workbench.scoring.persist import ScoredRun, load_scored
+from workbench.scoring.persist import load_scored
 
 AUDIO_MIME = {
     ".wav": "audio/wav",
@@ -312,11 +312,11 @@ def _turn_card(
     return f'<div class="turn"><h3>{title}</h3><dl>{body}</dl></div>'
 
 
-def _scoring_section(scored: ScoredRun) -> str:
+def _scoring_section(scored: RunFolder) -> str:
     meta = scored.scoring
     parts = ["<h2>Scoring</h2>"]
     judged = judged_columns()
-    present_judge = [c for c in judged if c in scored.df.columns and scored.df[c].notna().any()]
+    present_judge = [c for c in judged if c in scored.rows.columns and scored.rows[c].notna().any()]
     if not meta:
         parts.append(
             '<p class="note">This run has not been scored (<code>workbench score RUN</code>): fact recall was '
@@ -354,9 +354,9 @@ def _scoring_section(scored: ScoredRun) -> str:
     return "".join(parts)
 
 
-def _header(scored: ScoredRun) -> str:
+def _header(scored: RunFolder) -> str:
     m = scored.manifest
-    df = scored.df
+    df = scored.rows
     llm = (m.get("workbench_config") or {}).get("llm") or {}
     model = llm.get("model") or llm.get("gguf") or "?"
     versions = m.get("versions") or {}
@@ -392,7 +392,7 @@ def _models_text(models: Any) -> str:
     return "; ".join(parts)
 
 
-def _stack_banner(this: ScoredRun, other: ScoredRun) -> str:
+def _stack_banner(this: RunFolder, other: RunFolder) -> str:
     """A warning when the compared runs were measured on different stacks: their differences may not be the
     strategies' but LiveKit's, the OpenAI client's or a model file's. Empty when the stacks match."""
     diffs = stack_differences(this.manifest, other.manifest)
@@ -406,8 +406,8 @@ def _stack_banner(this: ScoredRun, other: ScoredRun) -> str:
     )
 
 
-def _default_baseline(scored: ScoredRun) -> str | None:
-    strategies = list(dict.fromkeys(scored.df["strategy"].astype(str)))
+def _default_baseline(scored: RunFolder) -> str | None:
+    strategies = list(dict.fromkeys(scored.rows["strategy"].astype(str)))
     suite_base = (scored.manifest.get("suite") or {}).get("baseline")
     for b in (suite_base, "plain"):
         if b in strategies:
@@ -415,16 +415,16 @@ def _default_baseline(scored: ScoredRun) -> str | None:
     return strategies[0] if strategies else None
 
 
-def _vs_section(this: ScoredRun, other: ScoredRun, objective: Objective, pass_threshold: float, seed: int) -> str:
+def _vs_section(this: RunFolder, other: RunFolder, objective: Objective, pass_threshold: float, seed: int) -> str:
     parts = [f"<h2 id='vs-run'>This run vs <code>{_esc(other.run_id)}</code></h2>"]
-    common = [s for s in dict.fromkeys(this.df["strategy"]) if s in set(other.df["strategy"])]
+    common = [s for s in dict.fromkeys(this.rows["strategy"]) if s in set(other.rows["strategy"])]
     if not common:
         return "".join(parts) + "<p class='note'>No strategy name appears in both runs: nothing to pair.</p>"
     rows = []
     for s in common:
         # each side gets its fact recall on its own (an unscored run next to a scored one)
-        a = ensure_fact_recall(this.df[this.df["strategy"] == s]).assign(strategy="this run")
-        b = ensure_fact_recall(other.df[other.df["strategy"] == s]).assign(strategy="other run")
+        a = ensure_fact_recall(this.rows[this.rows["strategy"] == s]).assign(strategy="this run")
+        b = ensure_fact_recall(other.rows[other.rows["strategy"] == s]).assign(strategy="other run")
         try:
             c = compare(
                 pd.concat([a, b], ignore_index=True),
@@ -453,9 +453,9 @@ def _vs_section(this: ScoredRun, other: ScoredRun, objective: Objective, pass_th
 
 
 def render_report(
-    scored: ScoredRun,
+    scored: RunFolder,
     *,
-    other: ScoredRun | None = None,
+    other: RunFolder | None = None,
     baseline: str | None = None,
     objective: Objective | str | None = None,
     pass_threshold: float = 1.0,
@@ -464,7 +464,7 @@ def render_report(
     seed: int = 0,
 ) -> str:
     """The report as one HTML string."""
-    df = scored.df
+    df = scored.rows
     if df.empty:
         raise ValueError(f"run {scored.run_id} has no turn rows")
     baseline = baseline or _default_baseline(scored)

@@ -9,7 +9,6 @@ scorer what it added or why it added nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,29 +25,10 @@ from workbench.scoring.base import available_scorers, score_run
 from workbench.scoring.judge import JudgeLLM
 
 
-@dataclass
-class ScoredRun:
-    """A run's rows with its stored scores overlaid, plus the manifest and the scoring record."""
-
-    path: Path
-    df: pd.DataFrame
-    manifest: dict[str, Any] = field(default_factory=dict)
-    scoring: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def run_id(self) -> str:
-        return str(self.manifest.get("run_id") or self.path.name)
-
-    @property
-    def dataset(self) -> Path | None:
-        d = self.manifest.get("dataset")
-        return Path(d) if d else None
-
-
-def load_scored(run: str | Path, runs_dir: str | Path | None = None) -> ScoredRun:
-    """Rows + scores (stored score columns replace same-named turn columns, e.g. a re-computed ``wer``)."""
-    r = RunFolder.load(run, runs_dir)
-    return ScoredRun(r.path, r.rows, r.manifest, r.scoring)
+def load_scored(run: str | Path, runs_dir: str | Path | None = None) -> RunFolder:
+    """A run folder, whose ``rows`` are the turns with the stored scores overlaid (stored score columns replace
+    same-named turn columns, e.g. a re-computed ``wer``), beside its ``manifest`` and ``scoring`` record."""
+    return RunFolder.load(run, runs_dir)
 
 
 def write_scores(path: Path, scored: pd.DataFrame, scoring: dict[str, Any]) -> Path:

@@ -99,9 +99,9 @@ def score_for_gates(run_path: Path, gates: list[Gate], *, stack: ModelStack | No
     """Score ``run_path`` with the offline scorers its gates need (stored in scores.parquet); their outcomes."""
 
     scored = load_scored(run_path)
-    if scored.df.empty:
+    if scored.rows.empty:
         return []
-    names = scorers_for(gate_columns(gates), scored.df.columns)
+    names = scorers_for(gate_columns(gates), scored.rows.columns)
     if not names:
         return []
     _, scoring = score_run_folder(run_path, names, None, stack=stack)
@@ -168,7 +168,7 @@ def evaluate_run(
         raise EvalError(f"suite {suite_obj.name!r} defines no gates: add a gates: list (see evals/README.md)")
     run_path = Run.load(run, runs_dir).path
     scored = load_scored(run_path)
-    unknown = sorted(gate_columns(gates) - known_columns() - set(scored.df.columns))
+    unknown = sorted(gate_columns(gates) - known_columns() - set(scored.rows.columns))
     if unknown:
         raise EvalError(
             f"gate metric(s) {', '.join(map(repr, unknown))} are neither turn-table nor scorer columns "
@@ -189,10 +189,10 @@ def evaluate_run(
             scoring += score_for_gates(base_path, [g for g in gates if g.is_regression], stack=stack)
     if scoring:
         scored = load_scored(run_path)
-    base_df = load_scored(base_path).df if base_path is not None else None
+    base_df = load_scored(base_path).rows if base_path is not None else None
     # the baseline is the one given here, not one a previous eval recorded in the manifest
     manifest = {k: v for k, v in scored.manifest.items() if k != "eval"}
-    results = evaluate_gates(scored.df, manifest, suite_obj, baseline=base_df)
+    results = evaluate_gates(scored.rows, manifest, suite_obj, baseline=base_df)
     if base_path is not None:  # name the reference by its run id
         results = [_rename_reference(r, base_path.name) for r in results]
     verdict = Verdict(
