@@ -167,3 +167,21 @@ async def test_an_early_transcript_is_dropped_when_the_caller_goes_on() -> None:
     assert events.count("end_of_speech") == 1 and adapter.early_dropped >= 1
     assert len(stt.seconds) == adapter.early_dropped + 1 and adapter.early_used == 0
     assert stt.seconds[-1] == max(stt.seconds)  # the final transcription is of the whole question
+
+
+async def test_the_session_transcribes_early_only_when_the_config_says_so(tmp_path: Path) -> None:
+    """``turn.early_transcript_s`` puts :class:`EarlyTranscripts` (over the gate's counting STT) in the session the
+    harness and the worker build; by default the session gets the batch STT and wraps it in LiveKit's adapter."""
+    from workbench.faults.endpoint import ScriptedEndpoint
+    from workbench.pipeline import build_session
+    from workbench.strategies.registry import build
+    from workbench.testing.worlds import fake_speech_stack
+
+    with ScriptedEndpoint() as ep:
+        stack = fake_speech_stack(ep, tmp_path, FixedDelaySTT())
+        default = build_session(stack, build("plain", stack), mode="voice")
+        assert isinstance(default.stt, PendingSTT)
+        stack.config.turn = stack.config.turn.model_copy(update={"early_transcript_s": 0.08})
+        early = build_session(stack, build("plain", stack), mode="voice")
+        assert isinstance(early.stt, EarlyTranscripts) and early.stt.after_s == 0.08
+        assert isinstance(early.stt.wrapped_stt, PendingSTT) and early.stt.capabilities.streaming
