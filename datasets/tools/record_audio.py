@@ -61,7 +61,11 @@ def _quantise(x: np.ndarray) -> np.ndarray:
 def clean_take(pcm: bytes, source_rate: int) -> tuple[np.ndarray, dict[str, float]]:
     """TTS output -> padded 16 kHz take and its speech span."""
     x = soxr.resample(_to_float(pcm), source_rate, RATE).astype(np.float32)
-    speech = _trim(x)
+    return padded_take(_trim(x))
+
+
+def padded_take(speech: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """Trimmed 16 kHz speech -> the take (peak-normalised, LEAD_S before and TAIL_S after) and its speech span."""
     speech = speech * (PEAK / float(np.abs(speech).max()))
     lead, tail = round(LEAD_S * RATE), round(TAIL_S * RATE)
     take = _quantise(np.concatenate([np.zeros(lead, np.float32), speech, np.zeros(tail, np.float32)]))

@@ -31,7 +31,7 @@ import numpy as np
 import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_audio import LEAD_S, PEAK, RATE, TAIL_S, _quantise, _to_float, _trim, _write, check
+from record_audio import RATE, _to_float, _trim, _write, check, padded_take
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "dianachat_demo"
@@ -89,16 +89,7 @@ def take(voice: object, phrases: list[str], pauses: list[float]) -> tuple[np.nda
         if i:
             parts.append(np.zeros(round(pauses[i - 1] * RATE), np.float32))
         parts.append(speech)
-    speech = np.concatenate(parts)
-    speech = speech * (PEAK / float(np.abs(speech).max()))
-    lead, tail = round(LEAD_S * RATE), round(TAIL_S * RATE)
-    out = _quantise(np.concatenate([np.zeros(lead, np.float32), speech, np.zeros(tail, np.float32)]))
-    meta = {
-        "speech_start_s": round(lead / RATE, 4),
-        "speech_end_s": round((lead + len(speech)) / RATE, 4),
-        "duration_s": round(len(out) / RATE, 4),
-    }
-    return out, meta
+    return padded_take(np.concatenate(parts))
 
 
 def user_text(phrases: list[str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -76,22 +77,25 @@ def test_barge_in_fields_are_validated() -> None:
 LONG_REPLY = "Sure, we open at eight and close at six on every weekday."  # 12 words: 3.6 s of agent audio
 
 
+async def _barge_in_run(tmp_path: Path, texts: list[str], **turn: Any) -> tuple[pd.DataFrame, Path]:
+    """The barge-in world (:func:`barge_in_dataset`) replayed with a long reply and the ``turn`` settings given:
+    its rows in turn order and the run folder."""
+    ds = barge_in_dataset(tmp_path / "ds", noise_s=0.2)
+    with ScriptedEndpoint(Script(ttft_s=0.05, text=LONG_REPLY)) as ep:
+        stack = fake_speech_stack(ep, tmp_path, FixedDelaySTT(delay_s=STT_DELAY, texts=texts))
+        stack.config.turn = TurnConfig(mode="vad", min_endpointing_delay=ENDPOINTING, max_endpointing_delay=1.0, **turn)
+        stack.tts = lambda kind=None: FixedDelayTTS(ttfb_s=TTS_TTFB, seconds_per_word=0.3)  # type: ignore[method-assign]
+        suite = Suite(dataset=ds, mode="voice", voice=VoiceOptions(variants=["piper"]))
+        res = await arun(suite, runs_dir=tmp_path / "runs", stack=stack, progress=False)
+    return load_run(res.path).sort_values("turn_index").reset_index(drop=True), res.path
+
+
 async def test_the_agent_yields_to_a_barge_in_within_the_bound_and_talks_through_noise(tmp_path: Path) -> None:
     """Turn 1 talks over the reply 0.8 s in: the agent stops ``min_interruption_duration`` after the caller's
     first words (plus a frame or two); turn 2 is a 0.2 s noise burst: the agent talks through it. The call
     recording holds both, and its heard latency matches v2v_s on every replied turn."""
-    ds = barge_in_dataset(tmp_path / "ds", noise_s=0.2)
-    stt = FixedDelaySTT(delay_s=STT_DELAY, texts=["question 0", "question 1", ""])
-    with ScriptedEndpoint(Script(ttft_s=0.05, text=LONG_REPLY)) as ep:
-        stack = fake_speech_stack(ep, tmp_path, stt)
-        bound = 0.5
-        stack.config.turn = TurnConfig(
-            mode="vad", min_endpointing_delay=ENDPOINTING, max_endpointing_delay=1.0, min_interruption_duration=bound
-        )
-        stack.tts = lambda kind=None: FixedDelayTTS(ttfb_s=TTS_TTFB, seconds_per_word=0.3)  # type: ignore[method-assign]
-        suite = Suite(dataset=ds, mode="voice", voice=VoiceOptions(variants=["piper"]))
-        res = await arun(suite, runs_dir=tmp_path / "runs", stack=stack, progress=False)
-    df = load_run(res.path).sort_values("turn_index").reset_index(drop=True)
+    bound = 0.5
+    df, run_path = await _barge_in_run(tmp_path, ["question 0", "question 1", ""], min_interruption_duration=bound)
     assert df["error_kind"].isna().all(), df[["error_kind", "error"]]
     barge, noise = df.iloc[1], df.iloc[2]
     assert barge["yielded"] and not barge["false_interruption"]
@@ -105,7 +109,7 @@ async def test_the_agent_yields_to_a_barge_in_within_the_bound_and_talks_through
     assert barge["overlaps"] >= 1 and noise["overlaps"] == 1
     # the recording: stereo, one per conversation, and its signal agrees with the event clock
     (rel,) = df["call_audio"].unique()
-    audio, rate = sf.read(res.path / rel)
+    audio, rate = sf.read(run_path / rel)
     assert audio.ndim == 2 and audio.shape[1] == 2 and rate == RATE
     replied = df.iloc[:2]
     assert (replied["heard_v2v_s"] - replied["v2v_s"]).abs().max() < 0.020
@@ -114,7 +118,7 @@ async def test_the_agent_yields_to_a_barge_in_within_the_bound_and_talks_through
     reply_start = df.loc[0, "call_offset_s"] + df.loc[0, "speech_end_s"] + df.loc[0, "v2v_s"]
     assert 0.8 - 0.001 <= df.loc[1, "call_offset_s"] - reply_start <= 0.8 + 0.021
     # the report plays each turn's stretch of the call beside the turn
-    page = render_report(load_scored(res.path))
+    page = render_report(load_scored(run_path))
     assert page.count("call as heard") == 3 and "(caller left, agent right)" in page
 
 
@@ -122,17 +126,7 @@ async def test_a_barge_in_the_agent_yields_to_only_once_transcribed_keeps_its_wo
     """With ``min_interruption_words: 2`` the agent stops only when the caller's words are transcribed, after the
     talked-over turn's reply was still playing: the barge-in's transcript and end of turn belong to its own row,
     not to the turn it talked over, and the agent stopped after those words, not before."""
-    ds = barge_in_dataset(tmp_path / "ds", noise_s=0.2)
-    stt = FixedDelaySTT(delay_s=STT_DELAY, texts=["question zero", "question one", ""])
-    with ScriptedEndpoint(Script(ttft_s=0.05, text=LONG_REPLY)) as ep:
-        stack = fake_speech_stack(ep, tmp_path, stt)
-        stack.config.turn = TurnConfig(
-            mode="vad", min_endpointing_delay=ENDPOINTING, max_endpointing_delay=1.0, min_interruption_words=2
-        )
-        stack.tts = lambda kind=None: FixedDelayTTS(ttfb_s=TTS_TTFB, seconds_per_word=0.3)  # type: ignore[method-assign]
-        suite = Suite(dataset=ds, mode="voice", voice=VoiceOptions(variants=["piper"]))
-        res = await arun(suite, runs_dir=tmp_path / "runs", stack=stack, progress=False)
-    df = load_run(res.path).sort_values("turn_index").reset_index(drop=True)
+    df, _ = await _barge_in_run(tmp_path, ["question zero", "question one", ""], min_interruption_words=2)
     assert df["error_kind"].isna().all(), df[["error_kind", "error"]]
     first, barge = df.iloc[0], df.iloc[1]
     assert (first["transcript"], first["user_turns"]) == ("question zero", 1)

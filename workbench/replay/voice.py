@@ -205,8 +205,6 @@ class _TurnEvents:
     """What the session reported during one turn, with wall-clock times."""
 
     finals: list[tuple[float, str]] = field(default_factory=list)
-    user_committed_at: float | None = None
-    user_msg: llm.ChatMessage | None = None
     ends: list[float] = field(default_factory=list)  # end-of-turn decision of every user message committed
     commits: list[tuple[float, llm.ChatMessage]] = field(default_factory=list)  # every user message, when committed
     done_at: float | None = None  # when a reply last finished (speaking to listening)
@@ -218,6 +216,15 @@ class _TurnEvents:
     failed: asyncio.Event = field(default_factory=asyncio.Event)
     listening: asyncio.Event = field(default_factory=asyncio.Event)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def user_msg(self) -> llm.ChatMessage | None:
+        """The turn's last committed user message."""
+        return self.commits[-1][1] if self.commits else None
+
+    @property
+    def user_committed_at(self) -> float | None:
+        return self.commits[-1][0] if self.commits else None
 
 
 async def _any(*events: asyncio.Event, timeout: float) -> bool:
@@ -321,7 +328,6 @@ async def replay_voice(
     def on_item(e: Any) -> None:
         item = e.item
         if isinstance(item, llm.ChatMessage) and item.role == "user":
-            ev.user_committed_at, ev.user_msg = e.created_at, item
             ev.commits.append((e.created_at, item))
             ev.ends.append(_end_of_turn_at(dict(item.metrics or {})) or e.created_at)
         elif isinstance(item, llm.ChatMessage) and item.role == "assistant":
@@ -365,11 +371,14 @@ async def replay_voice(
     # what the session reported for a barge-in turn while the turn it talks over was still open
     carried: tuple[list[tuple[float, str]], list[float], list[tuple[float, llm.ChatMessage]]] = ([], [], [])
 
-    def out(row: dict[str, Any], i: int) -> None:
-        """Emit a row with the call so far (the runner rewrites the call file): an interrupted call keeps what it
-        recorded up to its last stored turn, and a resumed one continues that file."""
+    def out(row: dict[str, Any], call: np.ndarray | None = None) -> None:
+        """Emit a row with the call so far (``call``: already rendered for this row; the runner rewrites the call
+        file): an interrupted call keeps what it recorded up to its last stored turn, and a resumed one continues
+        that file."""
         if record and mic.wall0 is not None:
-            row[CALL_WAV_KEY] = wav_bytes(render(mic.frames, mic.wall0, speaker.replies, RATE), RATE)
+            if call is None:
+                call = render(mic.frames, mic.wall0, speaker.replies, RATE)
+            row[CALL_WAV_KEY] = wav_bytes(call, RATE)
         emit(row)
 
     try:
@@ -387,14 +396,13 @@ async def replay_voice(
                     utt = load_utterance(dataset, turn, variant)
                 except Exception as e:  # a bad recording is this turn's error, not the run's
                     row.update(error_kind="bad_audio", error=str(e)[:500], answer="")
-                    out(row, i)
+                    out(row)
                     continue
             pending = None
             row["audio_path"], row["speech_end_s"] = utt.audio_path, utt.speech_end_s
             ev.finals[:], ev.ends[:], ev.commits[:] = carried
             carried = ([], [], [])
             ev.assistant.clear()
-            ev.user_committed_at, ev.user_msg = ev.commits[-1] if ev.commits else (None, None)
             ev.lk = {}
             ev.done_at = None
             ev.done.clear()
@@ -414,7 +422,7 @@ async def replay_voice(
                 played.cancel()
                 row.update(error_kind="session_closed", error="the agent session closed (unrecoverable errors)")
                 row["answer"] = ""
-                out(row, i)
+                out(row)
                 continue
             speech_end_at = played.result()
             if i < last and (barge := getattr(conv.turns[i + 1], "barge_in_s", None)) is not None:
@@ -453,6 +461,7 @@ async def replay_voice(
             row["user_turns"] = len(ev.ends)
             row["cut_off"] = _cut_off(ev, speaker, replies_before, speech_end_at) if realtime else None
             row.update(_barge_in_columns(turn, utt, speaker, speed, realtime))
+            call = None
             if record and mic.wall0 is not None and utt.started_at is not None:
                 nxt = pending[1].started_at if pending is not None else None
                 start, end = utt.started_at - mic.wall0, (nxt or time.time()) - mic.wall0
@@ -461,7 +470,7 @@ async def replay_voice(
                 row.update(heard_columns(call, RATE, start, end))
             row.update(tools.columns())
             row["wer"] = wer(row["user_text"], row["transcript"]) if row.get("transcript") else None
-            out(row, i)
+            out(row, call)
     finally:
         mic.close()
         tools.close()
@@ -489,7 +498,6 @@ def _split_at(
     ev.finals[:] = [f for f in ev.finals if f[0] < since]
     ev.ends[:] = [t for t in ev.ends if t < since]
     ev.commits[:] = [c for c in ev.commits if c[0] < since]
-    ev.user_committed_at, ev.user_msg = ev.commits[-1] if ev.commits else (None, None)
     return finals, ends, commits
 
 
